@@ -1,0 +1,154 @@
+"""The events carried by the bid streams, and their encoding as flat Redis stream fields.
+
+Every field is a UTF-8 string so consumers in any language can read the streams without our code.
+Money is a decimal string with exactly two places ("2.25"); floats sent by bidders travel as `repr`
+strings, which round-trip exactly, so the pricing agent computes on the very value the bidder sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+Fields = Mapping[str, str]
+
+
+class EventDecodeError(ValueError):
+    """A stream entry is missing a field or holds a value of the wrong shape."""
+
+
+def _get(fields: Fields, name: str) -> str:
+    try:
+        return fields[name]
+    except KeyError:
+        raise EventDecodeError(f"missing field {name!r}") from None
+
+
+def money(value: Decimal | float) -> str:
+    """Format an amount with exactly two decimals, as stored in PostgreSQL."""
+    return f"{Decimal(str(value)).quantize(Decimal('0.01'))}"
+
+
+@dataclass(frozen=True, slots=True)
+class BidRequested:
+    """`bids:requests`: a validated bid waiting to be priced and stored (written by the gateway)."""
+
+    request_id: str  # UUID; unique in `bidding_productbid`, so a redelivery or a retry stores nothing new
+    reply_to: str  # the reply stream of the gateway process that waits for the answer
+    reply_id: str  # the gateway's correlation token for one HTTP request
+    product_id: int
+    current_cpc: float
+    target_roas: float
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "request_id": self.request_id,
+            "reply_to": self.reply_to,
+            "reply_id": self.reply_id,
+            "product_id": str(self.product_id),
+            "current_cpc": repr(self.current_cpc),
+            "target_roas": repr(self.target_roas),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> BidRequested:
+        try:
+            return cls(
+                request_id=_get(fields, "request_id"),
+                reply_to=_get(fields, "reply_to"),
+                reply_id=_get(fields, "reply_id"),
+                product_id=int(_get(fields, "product_id")),
+                current_cpc=float(_get(fields, "current_cpc")),
+                target_roas=float(_get(fields, "target_roas")),
+            )
+        except ValueError as exc:
+            raise EventDecodeError(str(exc)) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class PricedBid:
+    """`bids:priced`: a bid committed to PostgreSQL (written by the pricing agent after the commit)."""
+
+    bid_id: int
+    request_id: str
+    product_id: int
+    current_cpc: Decimal
+    target_roas: Decimal
+    adjusted_cpc: Decimal
+    calculated_at: datetime
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "bid_id": str(self.bid_id),
+            "request_id": self.request_id,
+            "product_id": str(self.product_id),
+            "current_cpc": money(self.current_cpc),
+            "target_roas": str(self.target_roas),
+            "adjusted_cpc": money(self.adjusted_cpc),
+            "calculated_at": self.calculated_at.isoformat(),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> PricedBid:
+        try:
+            return cls(
+                bid_id=int(_get(fields, "bid_id")),
+                request_id=_get(fields, "request_id"),
+                product_id=int(_get(fields, "product_id")),
+                current_cpc=Decimal(_get(fields, "current_cpc")),
+                target_roas=Decimal(_get(fields, "target_roas")),
+                adjusted_cpc=Decimal(_get(fields, "adjusted_cpc")),
+                calculated_at=datetime.fromisoformat(_get(fields, "calculated_at")),
+            )
+        except (ValueError, ArithmeticError) as exc:
+            raise EventDecodeError(str(exc)) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class BidReply:
+    """`bids:replies:<gateway>`: the answer to one request, or the reason it could not be stored."""
+
+    reply_id: str
+    bid_id: int | None = None
+    product_id: int | None = None
+    current_cpc: str | None = None
+    target_roas: str | None = None
+    adjusted_cpc: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def stored(cls, reply_id: str, bid: PricedBid) -> BidReply:
+        return cls(
+            reply_id=reply_id,
+            bid_id=bid.bid_id,
+            product_id=bid.product_id,
+            current_cpc=money(bid.current_cpc),
+            target_roas=str(bid.target_roas),
+            adjusted_cpc=money(bid.adjusted_cpc),
+        )
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            name: str(value)
+            for name in self.__slots__
+            if (value := getattr(self, name)) is not None
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> BidReply:
+        try:
+            bid_id = fields.get("bid_id")
+            product_id = fields.get("product_id")
+            return cls(
+                reply_id=_get(fields, "reply_id"),
+                bid_id=int(bid_id) if bid_id is not None else None,
+                product_id=int(product_id) if product_id is not None else None,
+                current_cpc=fields.get("current_cpc"),
+                target_roas=fields.get("target_roas"),
+                adjusted_cpc=fields.get("adjusted_cpc"),
+                error=fields.get("error"),
+            )
+        except ValueError as exc:
+            raise EventDecodeError(str(exc)) from exc

@@ -1,0 +1,34 @@
+"""Every Redis key, stream, consumer group and stream field name the product uses.
+
+Downstream consumers read these streams: a name changed here is a breaking change (see docs/streams.md).
+"""
+
+from typing import Final
+
+# Gateway -> pricing agent: one entry per accepted bid request.
+BID_REQUESTS: Final = "bids:requests"
+PRICING_GROUP: Final = "pricing"
+
+# Pricing agent -> downstream consumers and the audit agent: one entry per stored bid, after its commit.
+BIDS_PRICED: Final = "bids:priced"
+AUDIT_GROUP: Final = "audit"
+
+# Pricing agent -> gateway: replies, one stream per gateway process.
+REPLY_STREAM_PREFIX: Final = "bids:replies:"
+
+# Requests the pricing agent could not store (kept for on-call, never silently dropped).
+BIDS_DEAD_LETTER: Final = "bids:dead"
+
+# Audit agent outputs.
+AUDIT_FLAGS: Final = "audit:flags"
+AUDIT_REPORTS: Final = "audit:reports"
+AUDIT_AGGREGATE_PREFIX: Final = "audit:agg:"
+AUDIT_SEEN_PREFIX: Final = "audit:seen:"
+
+# Competitor monitor outputs: a list for existing consumers, a stream for ordered change feeds.
+COMPETITOR_PRICES_LIST: Final = "competitor_prices"
+COMPETITOR_PRICES_STREAM: Final = "competitor_prices:stream"
+
+
+def reply_stream(gateway_id: str) -> str:
+    return f"{REPLY_STREAM_PREFIX}{gateway_id}"
