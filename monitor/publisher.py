@@ -1,0 +1,48 @@
+"""Writing a poll's records to Redis, and reading the latest ones back.
+
+A poll goes out in one MULTI/EXEC pipeline: one round trip, and a reader never sees half a poll. The list
+keeps the newest records first and is trimmed in the same transaction; the stream gets one entry per record,
+in order, capped approximately (`MAXLEN ~`, which lets Redis trim whole nodes cheaply).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from monitor.records import STREAM_RECORD_FIELD, CompetitorPrice
+from schema.keys import COMPETITOR_PRICES_LIST, COMPETITOR_PRICES_STREAM
+
+
+async def publish(
+    redis: aioredis.Redis,
+    records: Sequence[CompetitorPrice],
+    *,
+    list_max: int,
+    stream_maxlen: int,
+) -> None:
+    if not records:
+        return  # LPUSH needs at least one value, and an empty poll has nothing to say
+    payloads = [record.to_json() for record in records]
+    async with redis.pipeline(transaction=True) as pipe:
+        # LPUSH puts its last argument at the head; pushing the poll reversed leaves it in source order
+        # at the head of the list, ahead of every older poll.
+        pipe.lpush(COMPETITOR_PRICES_LIST, *reversed(payloads))
+        pipe.ltrim(COMPETITOR_PRICES_LIST, 0, list_max - 1)
+        for payload in payloads:
+            pipe.xadd(
+                COMPETITOR_PRICES_STREAM,
+                {STREAM_RECORD_FIELD: payload},
+                maxlen=stream_maxlen,
+                approximate=True,
+            )
+        await pipe.execute()
+
+
+async def latest(redis: aioredis.Redis, limit: int) -> list[dict[str, Any]]:
+    """The `limit` newest records, newest first, exactly as list consumers read them."""
+    payloads: list[str | bytes] = await redis.lrange(COMPETITOR_PRICES_LIST, 0, limit - 1)
+    return [json.loads(payload) for payload in payloads]
