@@ -1,0 +1,191 @@
+"""The daily budget audit: every bid of the last 7 days whose adjusted CPC moved more than 20%, from PostgreSQL.
+
+PostgreSQL is the source of truth (the Redis aggregates are a real-time view that can lag). The report runs
+in one read-only REPEATABLE READ transaction, so the counts and the listed bids come from the same snapshot
+and the same `now()`. Memory stays flat however large the window is: counts and sums are aggregated by
+PostgreSQL, and flagged bids are streamed through a server-side cursor, one prefetch-sized chunk at a time,
+each line written as it arrives. The lines are formatted by PostgreSQL so the client decodes one text column
+instead of building Decimals it would only print.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TextIO
+
+import asyncpg
+from redis import asyncio as aioredis
+
+from schema.database import BIDS_TABLE
+from schema.keys import AUDIT_REPORTS
+
+log = logging.getLogger(__name__)
+
+TITLE = "DAILY BUDGET AUDIT REPORT"
+WINDOW = "7 days"
+PREFETCH = 5_000
+REPORTS_MAXLEN = 1_000
+# The flagged rows are sorted by product; this keeps that sort in memory (for this transaction only).
+REPORT_WORK_MEM = "64MB"
+# Marks the day's scheduled run as taken, so several audit workers publish one report a day, not one each.
+# (Derived from AUDIT_REPORTS until schema/keys.py names it.)
+SCHEDULED_RUN_PREFIX = f"{AUDIT_REPORTS}:run:"
+
+# The flag rule, shared by both queries; identical to `processors.audit.is_flagged` (exact numeric).
+_FLAGGED = "abs(adjusted_cpc - current_cpc) > 0.20 * current_cpc"
+
+SUMMARY_SQL = f"""
+SELECT now() AS generated_at,
+       now() - interval '{WINDOW}' AS window_start,
+       count(*) AS reviewed,
+       count(*) FILTER (WHERE {_FLAGGED}) AS flagged,
+       coalesce(sum(abs(adjusted_cpc - current_cpc)), 0) AS deviation_total,
+       coalesce(sum(abs(adjusted_cpc - current_cpc)) FILTER (WHERE {_FLAGGED}), 0) AS flagged_deviation_total
+FROM {BIDS_TABLE}
+WHERE calculated_at > now() - interval '{WINDOW}'
+"""
+
+FLAGGED_LINES_SQL = f"""
+SELECT format(
+         'bid=%s product=%s current=%s adjusted=%s deviation=%s%% (%s) at=%s',
+         id, product_id, current_cpc, adjusted_cpc,
+         CASE WHEN current_cpc = 0 THEN 'inf'
+              ELSE to_char(round((adjusted_cpc - current_cpc) * 100 / current_cpc, 2), 'FMSG999999999990.00')
+         END,
+         to_char(adjusted_cpc - current_cpc, 'FMSG9999999990.00'),
+         to_char(calculated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+       )
+FROM {BIDS_TABLE}
+WHERE calculated_at > now() - interval '{WINDOW}'
+  AND {_FLAGGED}
+ORDER BY product_id, id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    generated_at: datetime
+    window_start: datetime
+    reviewed: int
+    flagged: int
+    deviation_total: Decimal  # sum of |adjusted - current| over the reviewed bids
+    flagged_deviation_total: Decimal  # the same over the flagged bids
+    lines_written: int  # flagged bids printed (equals `flagged`: same snapshot)
+    stream_id: str | None  # the audit:reports entry, when published
+
+    def summary_fields(self) -> dict[str, str]:
+        return {
+            "title": TITLE,
+            "generated_at": self.generated_at.isoformat(),
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.generated_at.isoformat(),
+            "reviewed": str(self.reviewed),
+            "flagged": str(self.flagged),
+            "deviation_total": str(self.deviation_total),
+            "flagged_deviation_total": str(self.flagged_deviation_total),
+        }
+
+
+def _header(summary: Any) -> str:
+    rate = (100 * summary["flagged"] / summary["reviewed"]) if summary["reviewed"] else 0.0
+    return "\n".join(
+        [
+            "=" * 72,
+            TITLE,
+            f"generated at:  {summary['generated_at'].astimezone(UTC).isoformat()}",
+            f"window:        {summary['window_start'].astimezone(UTC).isoformat()} .. now (last {WINDOW})",
+            "rule:          |adjusted_cpc - current_cpc| > 20% of current_cpc",
+            f"bids reviewed: {summary['reviewed']}",
+            f"bids flagged:  {summary['flagged']} ({rate:.2f}%)",
+            f"total deviation (all bids):     {summary['deviation_total']}",
+            f"total deviation (flagged bids): {summary['flagged_deviation_total']}",
+            "-" * 72,
+            "flagged bids (by product):",
+            "",
+        ]
+    )
+
+
+async def _write_report(conn: asyncpg.Connection, out: TextIO) -> tuple[Any, int]:
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.execute(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'")
+        summary = await conn.fetchrow(SUMMARY_SQL)
+        out.write(_header(summary))
+        lines = 0
+        async for record in conn.cursor(FLAGGED_LINES_SQL, prefetch=PREFETCH):
+            out.write(record[0])
+            out.write("\n")
+            lines += 1
+    out.write(f"{'=' * 72}\n{lines} flagged bids listed\n")
+    out.flush()
+    return summary, lines
+
+
+async def run_report(
+    database: str | asyncpg.Pool,
+    redis: aioredis.Redis | None,
+    *,
+    out: TextIO | None = None,
+) -> AuditReport:
+    """Print the 7-day audit to `out` (stdout), publish its summary to audit:reports, return the result."""
+    target = out if out is not None else sys.stdout
+    if isinstance(database, str):
+        conn = await asyncpg.connect(database)
+        try:
+            summary, lines = await _write_report(conn, target)
+        finally:
+            await conn.close()
+    else:
+        async with database.acquire() as conn:
+            summary, lines = await _write_report(conn, target)
+    report = AuditReport(
+        generated_at=summary["generated_at"],
+        window_start=summary["window_start"],
+        reviewed=summary["reviewed"],
+        flagged=summary["flagged"],
+        deviation_total=summary["deviation_total"],
+        flagged_deviation_total=summary["flagged_deviation_total"],
+        lines_written=lines,
+        stream_id=None,
+    )
+    if redis is None:
+        return report
+    stream_id = await redis.xadd(
+        AUDIT_REPORTS,
+        report.summary_fields(),  # type: ignore[arg-type]  # redis-py's field mapping type is invariant
+        maxlen=REPORTS_MAXLEN,
+        approximate=True,
+    )
+    return AuditReport(**{**_as_kwargs(report), "stream_id": str(stream_id)})
+
+
+def _as_kwargs(report: AuditReport) -> dict[str, Any]:
+    return {name: getattr(report, name) for name in report.__slots__}
+
+
+async def run_scheduled_report(
+    database: str | asyncpg.Pool,
+    redis: aioredis.Redis,
+    *,
+    now: datetime | None = None,
+    out: TextIO | None = None,
+) -> AuditReport | None:
+    """The crontab's entry: run today's report unless another audit worker already took today's run."""
+    day = (now or datetime.now(UTC)).astimezone(UTC).date()
+    taken = await redis.set(f"{SCHEDULED_RUN_PREFIX}{day.isoformat()}", "1", nx=True, ex=2 * 86_400)
+    if not taken:
+        log.info("daily budget audit for %s already run by another worker", day)
+        return None
+    report = await run_report(database, redis, out=out)
+    log.info(
+        "daily budget audit for %s: %d reviewed, %d flagged (%s)",
+        day,
+        report.reviewed,
+        report.flagged,
+        report.stream_id,
+    )
+    return report
