@@ -11,9 +11,9 @@ BIDS_TABLE = "bidding_productbid"
 
 # Largest amount a numeric(12, 2) column holds; the gateway rejects bids whose values would not fit.
 MAX_MONEY = 9_999_999_999.99
-# target_roas is numeric(12, 4): positive values that round to 0.0000 cannot be stored.
+# target_roas is numeric(12, 4): smaller positive values would be stored as 0.0000.
 MAX_TARGET_ROAS = 99_999_999.9999
-MIN_TARGET_ROAS = 0.00005
+MIN_TARGET_ROAS = 0.0001
 
 
 def migrations_path() -> str:

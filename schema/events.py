@@ -108,45 +108,34 @@ class PricedBid:
 
 @dataclass(frozen=True, slots=True)
 class BidReply:
-    """`bids:replies:<gateway>`: the answer to one request, or the reason it could not be stored."""
+    """`bids:replies:<gateway>`: the answer to one request: the stored bid, or why none was stored."""
 
     reply_id: str
     bid_id: int | None = None
-    product_id: int | None = None
-    current_cpc: str | None = None
-    target_roas: str | None = None
     adjusted_cpc: str | None = None
     error: str | None = None
 
-    @classmethod
-    def stored(cls, reply_id: str, bid: PricedBid) -> BidReply:
-        return cls(
-            reply_id=reply_id,
-            bid_id=bid.bid_id,
-            product_id=bid.product_id,
-            current_cpc=money(bid.current_cpc),
-            target_roas=str(bid.target_roas),
-            adjusted_cpc=money(bid.adjusted_cpc),
-        )
+    # Error codes a reply may carry.
+    IDEMPOTENCY_CONFLICT = "idempotency-conflict"  # the key was used before, for a different bid
+    REJECTED = "rejected"  # the agent could not price or store it (details in bids:dead)
 
     def to_fields(self) -> dict[str, str]:
-        return {
-            name: str(value)
-            for name in self.__slots__
-            if (value := getattr(self, name)) is not None
-        }
+        fields = {"reply_id": self.reply_id}
+        if self.bid_id is not None:
+            fields["bid_id"] = str(self.bid_id)
+        if self.adjusted_cpc is not None:
+            fields["adjusted_cpc"] = self.adjusted_cpc
+        if self.error is not None:
+            fields["error"] = self.error
+        return fields
 
     @classmethod
     def from_fields(cls, fields: Fields) -> BidReply:
         try:
             bid_id = fields.get("bid_id")
-            product_id = fields.get("product_id")
             return cls(
                 reply_id=_get(fields, "reply_id"),
                 bid_id=int(bid_id) if bid_id is not None else None,
-                product_id=int(product_id) if product_id is not None else None,
-                current_cpc=fields.get("current_cpc"),
-                target_roas=fields.get("target_roas"),
                 adjusted_cpc=fields.get("adjusted_cpc"),
                 error=fields.get("error"),
             )

@@ -38,6 +38,8 @@ class Settings:
     claim_idle_ms: int = 15_000
     reply_stream_maxlen: int = 100_000
     priced_retention_s: int = 24 * 3600
+    requests_retention_s: int = 3600
+    trim_interval_s: float = 10.0
 
     # Audit agent (processors/).
     audit_report_cron: str = "0 6 * * *"

@@ -1,0 +1,180 @@
+"""The gateway's HTTP application: `POST /api/bid/`, `GET /health`, `GET /ready`.
+
+The legacy contract: `POST /api/bid/` with `{"product_id", "current_cpc", "target_roas"}` answers
+`200 {"adjusted_cpc", "bid_id"}` once the bid is committed, or `400 {"errors": [...]}`. Beyond it:
+413 (body too large), 415 (not JSON), 422 (Idempotency-Key reused for another bid), 503 with Retry-After
+(a backend down or the pipeline too far behind), 504 with the request id (no reply in time; retrying with
+the same Idempotency-Key is safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ingest.backends import BackendMonitor
+from ingest.publisher import StreamPublisher
+from ingest.replies import ReplyRouter, ReplyTimeout
+from ingest.validation import BidValidationError, parse_bid
+from schema import keys
+from schema.events import BidReply, BidRequested
+from schema.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Request ids derived from an Idempotency-Key: the same key always names the same stored bid.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c2a52-3f5e-4d0b-9a51-1c7e0a3b8d21")
+MAX_IDEMPOTENCY_KEY = 255
+
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+def request_id_for(idempotency_key: str | None) -> str:
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key))
+
+
+def valid_idempotency_key(key: str) -> bool:
+    return 0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable()
+
+
+class Gateway:
+    """One gateway process: its reply stream, publisher and view of the backends."""
+
+    def __init__(self, settings: Settings, redis: aioredis.Redis, database_url: str) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.id = uuid.uuid4().hex
+        self.reply_stream = keys.reply_stream(self.id)
+        self.publisher = StreamPublisher(redis, keys.BID_REQUESTS)
+        self.replies = ReplyRouter(redis, self.reply_stream, settings.reply_timeout_s)
+        self.backends = BackendMonitor(redis, database_url)
+        self._reply_ids = itertools.count()
+
+    def unavailable(self, reason: str) -> web.Response:
+        return _json(
+            503, {"errors": [f"Service unavailable: {reason}"]}, {"Retry-After": str(self.settings.retry_after_s)}
+        )
+
+    async def post_bid(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return _json(415, {"errors": ["Content-Type must be application/json"]})
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _json(413, {"errors": [f"Request body is larger than {self.settings.max_body_bytes} bytes"]})
+        idempotency_key = request.headers.get("Idempotency-Key")
+        if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
+            return _json(
+                400, {"errors": [f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"]}
+            )
+        try:
+            bid = parse_bid(body)
+        except BidValidationError as exc:
+            return _json(400, {"errors": exc.errors})
+
+        problem = self.backends.status.problem(self.settings.max_pricing_lag)
+        if problem is None and self.replies.in_flight >= self.settings.max_in_flight:
+            problem = f"{self.replies.in_flight} bids in flight in this gateway"
+        if problem is not None:
+            return self.unavailable(problem)
+
+        request_id = request_id_for(idempotency_key)
+        reply_id = str(next(self._reply_ids))
+        event = BidRequested(request_id, self.reply_stream, reply_id, bid.product_id, bid.current_cpc, bid.target_roas)
+        waiter = self.replies.expect(reply_id)
+        try:
+            await self.publisher.publish(event.to_fields())
+        except (RedisError, OSError) as exc:
+            self.replies.forget(reply_id)
+            log.warning("publishing a bid failed: %s", exc)
+            return self.unavailable("Redis is unreachable")
+        try:
+            reply = await waiter
+        except ReplyTimeout:
+            return _json(
+                504,
+                {
+                    "errors": ["The bid was accepted but not confirmed in time; retry with the same Idempotency-Key"],
+                    "request_id": request_id,
+                },
+                {"X-Request-Id": request_id},
+            )
+        finally:
+            self.replies.forget(reply_id)
+        return self._answer(reply, request_id)
+
+    def _answer(self, reply: BidReply, request_id: str) -> web.Response:
+        headers = {"X-Request-Id": request_id}
+        if reply.error == BidReply.IDEMPOTENCY_CONFLICT:
+            return _json(422, {"errors": ["Idempotency-Key was already used for a different bid"]}, headers)
+        if reply.error is not None or reply.adjusted_cpc is None:
+            return _json(422, {"errors": ["The bid could not be stored"], "request_id": request_id}, headers)
+        return _json(200, {"adjusted_cpc": float(reply.adjusted_cpc), "bid_id": reply.bid_id}, headers)
+
+    async def health(self, _request: web.Request) -> web.Response:
+        return _json(200, {"status": "ok"})
+
+    async def ready(self, _request: web.Request) -> web.Response:
+        status = self.backends.status
+        problem = status.problem(self.settings.max_pricing_lag)
+        body = {
+            "status": "ok" if problem is None else "unavailable",
+            "redis": status.redis,
+            "postgres": status.postgres,
+            "pricing_lag": status.pricing_lag,
+            "in_flight": self.replies.in_flight,
+        }
+        if problem is not None:
+            body["problem"] = problem
+        return _json(200 if problem is None else 503, body)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        await self.backends.check()
+        tasks = [
+            asyncio.create_task(self.replies.run(), name="replies"),
+            asyncio.create_task(self.replies.sweep(), name="reply-deadlines"),
+            asyncio.create_task(self.backends.run(), name="backend-monitor"),
+        ]
+        log.info("gateway %s ready (replies on %s)", self.id, self.reply_stream)
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.backends.close()
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.delete(self.reply_stream)
+
+
+def create_app(settings: Settings, redis: aioredis.Redis, database_url: str) -> web.Application:
+    gateway = Gateway(settings, redis, database_url)
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[GATEWAY] = gateway
+    app.router.add_post("/api/bid/", gateway.post_bid)
+    app.router.add_post("/api/bid", gateway.post_bid)
+    app.router.add_get("/health", gateway.health)
+    app.router.add_get("/ready", gateway.ready)
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        async with gateway.running():
+            yield
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,99 @@
+"""Routing replies from this gateway's reply stream to the requests waiting for them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from schema.events import BidReply, EventDecodeError
+
+log = logging.getLogger(__name__)
+
+# An abandoned reply stream (its gateway died) expires this long after the gateway last refreshed it.
+REPLY_STREAM_TTL_S = 300
+
+
+class ReplyTimeout(Exception):
+    """No reply came within the gateway's reply timeout."""
+
+
+class ReplyRouter:
+    """Reads one reply stream and resolves the future of the request each reply belongs to.
+
+    Deadlines are checked by one sweeper instead of a timer per request: requests are registered in
+    arrival order with the same timeout, so the oldest ones are always at the front of the dict.
+    """
+
+    def __init__(self, redis: aioredis.Redis, stream: str, timeout_s: float) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.timeout_s = timeout_s
+        self._waiting: dict[str, tuple[asyncio.Future[BidReply], float]] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    def expect(self, reply_id: str) -> asyncio.Future[BidReply]:
+        future: asyncio.Future[BidReply] = asyncio.get_running_loop().create_future()
+        self._waiting[reply_id] = (future, time.monotonic() + self.timeout_s)
+        return future
+
+    def forget(self, reply_id: str) -> None:
+        self._waiting.pop(reply_id, None)
+
+    async def run(self) -> None:
+        """Read replies until cancelled; survive Redis outages (waiting requests then time out)."""
+        last_id = "0-0"
+        last_upkeep = 0.0
+        while True:
+            try:
+                response: Any = await self.redis.xread({self.stream: last_id}, count=1000, block=1000)
+                for _, entries in response or ():
+                    for entry_id, fields in entries:
+                        last_id = entry_id
+                        self._deliver(fields)
+                now = time.monotonic()
+                if now - last_upkeep > 1.0:
+                    last_upkeep = now
+                    await self._upkeep(last_id)
+            except RedisError as exc:
+                log.warning("reading replies from %s failed, retrying: %s", self.stream, exc)
+                await asyncio.sleep(0.5)
+
+    def _deliver(self, fields: dict[str, str]) -> None:
+        try:
+            reply = BidReply.from_fields(fields)
+        except EventDecodeError as exc:
+            log.error("ignoring malformed reply on %s: %s", self.stream, exc)
+            return
+        waiting = self._waiting.pop(reply.reply_id, None)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_result(reply)
+
+    async def _upkeep(self, last_id: str) -> None:
+        # Replies already read are never read again: drop them, and let the key expire if we die.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xtrim(self.stream, minid=last_id, approximate=True)
+            pipe.expire(self.stream, REPLY_STREAM_TTL_S)
+            await pipe.execute()
+
+    async def sweep(self, interval_s: float = 0.05) -> None:
+        """Fail the requests whose deadline passed, until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            now = time.monotonic()
+            expired: list[str] = []
+            for reply_id, (future, deadline) in self._waiting.items():
+                if deadline > now:
+                    break
+                expired.append(reply_id)
+                if not future.done():
+                    future.set_exception(ReplyTimeout())
+            for reply_id in expired:
+                del self._waiting[reply_id]

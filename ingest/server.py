@@ -1,0 +1,34 @@
+"""`bidengine gateway`: serve the gateway until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from redis import asyncio as aioredis
+
+from ingest.app import create_app
+from schema.settings import Settings
+
+
+def main(settings: Settings) -> int:
+    if not settings.redis_url or not settings.database_url:
+        raise SystemExit("REDIS_URL and DATABASE_URL are required (`bidengine run` starts embedded servers)")
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover  # uvloop is optional (not on Windows)
+        pass
+    redis = aioredis.Redis.from_url(
+        settings.redis_url, decode_responses=True, max_connections=64, health_check_interval=30
+    )
+    app = create_app(settings, redis, settings.database_url)
+    web.run_app(
+        app,
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        access_log=None,  # one log line per bid would cost more than the bid itself
+        print=None,
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""The stream processors: Faust agents fed by Redis consumer groups (pricing, audit)."""

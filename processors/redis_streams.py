@@ -1,0 +1,250 @@
+"""Redis Streams consumer groups as the transport of Faust agents.
+
+faust-streaming only ships Kafka transports, so this module connects a Faust agent to a Redis consumer group
+without one. A `GroupSource` (a `mode.Service` started by the Faust worker) reads the group in batches and
+sends each batch into a bounded in-memory Faust channel; the agent registered by `group_agent` takes batches
+from that channel, awaits the handler, and only then acknowledges the entries.
+
+Guarantees, for every entry of the stream:
+
+* At-least-once delivery. An entry is `XACK`ed only after its batch's handler returned; if the handler raises,
+  or the process dies, the entries stay in the group's pending list.
+* Recovery. On start a consumer first re-reads its own pending entries (a restart under the same consumer
+  name), then reads new ones. Every `claim_interval_s` it takes over, with `XAUTOCLAIM`, entries that another
+  consumer has held for longer than `claim_idle_ms` (a consumer that died or hangs), so a dead process never
+  strands work. Several processes in one group share the stream.
+* Bounded memory. The channel holds at most `read_ahead` batches: when the handler is slower than the stream,
+  the reader waits instead of buffering.
+* Order. Entries reach the handler in stream order within one consumer; across consumers, and for reclaimed
+  entries, there is no global order. Handlers must therefore be idempotent (the pricing agent relies on a
+  unique request id in PostgreSQL, the audit agent on a per-bid "seen" marker).
+
+A handler that fails is retried after `retry_delay_s` with the same batch (a database that is briefly away
+does not lose or reorder work); entries that can never succeed must be handled by the handler itself
+(dead-lettered and acknowledged), since a poisoned entry would otherwise be retried forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import mode
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One stream entry as read from Redis: its id and its fields."""
+
+    id: str
+    fields: dict[str, str]
+
+
+Batch = Sequence[StreamEntry]
+BatchHandler = Callable[[Batch], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    stream: str
+    group: str
+    consumer: str
+    batch_size: int = 500
+    block_ms: int = 100
+    claim_idle_ms: int = 15_000
+    claim_interval_s: float = 5.0
+    read_ahead: int = 1
+    retry_delay_s: float = 1.0
+
+
+def default_consumer_name(prefix: str) -> str:
+    """A name unique to this process: a restarted pod gets a new name, and `XAUTOCLAIM` recovers the old one's work."""
+    return f"{prefix}-{socket.gethostname()}-{os.getpid()}"
+
+
+def _entries(raw: Sequence[tuple[str, dict[str, str] | None]]) -> list[StreamEntry]:
+    # An entry trimmed away while pending comes back with no fields; there is nothing left to process.
+    return [StreamEntry(entry_id, fields) for entry_id, fields in raw if fields is not None]
+
+
+async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
+    """Create the group (and the stream) if needed, starting from the stream's beginning so nothing is skipped."""
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class GroupReader:
+    """The Redis side of a consumer group member: read, reclaim and acknowledge batches."""
+
+    def __init__(self, redis: aioredis.Redis, config: GroupConfig) -> None:
+        self.redis = redis
+        self.config = config
+        self._own_pending_cursor: str | None = "0"
+        self._claim_cursor = "0-0"
+
+    async def ensure_group(self) -> None:
+        await ensure_group(self.redis, self.config.stream, self.config.group)
+
+    async def read(self) -> list[StreamEntry]:
+        """The next batch: this consumer's own pending entries first (after a restart), then new entries."""
+        cfg = self.config
+        response: Any
+        if self._own_pending_cursor is not None:
+            response = await self.redis.xreadgroup(
+                cfg.group, cfg.consumer, {cfg.stream: self._own_pending_cursor}, count=cfg.batch_size
+            )
+            raw = response[0][1] if response else []
+            if raw:
+                # Advance the cursor: reading id 0 again would return the same entries forever.
+                self._own_pending_cursor = raw[-1][0]
+                return _entries(raw)
+            self._own_pending_cursor = None
+        response = await self.redis.xreadgroup(
+            cfg.group, cfg.consumer, {cfg.stream: ">"}, count=cfg.batch_size, block=cfg.block_ms
+        )
+        return _entries(response[0][1]) if response else []
+
+    async def reclaim(self) -> list[StreamEntry]:
+        """Take over entries other consumers have held too long (XAUTOCLAIM), one batch per call."""
+        cfg = self.config
+        result: Any = await self.redis.xautoclaim(
+            cfg.stream,
+            cfg.group,
+            cfg.consumer,
+            min_idle_time=cfg.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=cfg.batch_size,
+        )
+        next_cursor, claimed = result[0], result[1]
+        self._claim_cursor = next_cursor
+        return _entries(claimed)
+
+    async def ack(self, entries: Batch) -> None:
+        if entries:
+            await self.redis.xack(self.config.stream, self.config.group, *(entry.id for entry in entries))
+
+
+class GroupSource(mode.Service):
+    """Feeds a Faust channel with batches read from a Redis consumer group (see the module docstring)."""
+
+    def __init__(self, reader: GroupReader, channel: faust.ChannelT[Any], **kwargs: Any) -> None:
+        self.reader = reader
+        self.channel = channel
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self.reader.ensure_group()
+        log.info(
+            "consuming %s as %s/%s", self.reader.config.stream, self.reader.config.group, self.reader.config.consumer
+        )
+
+    @mode.Service.task
+    async def _read_loop(self) -> None:
+        while not self.should_stop:
+            try:
+                batch = await self.reader.read()
+            except RedisError as exc:
+                log.warning("reading %s failed, retrying: %s", self.reader.config.stream, exc)
+                await self.sleep(self.reader.config.retry_delay_s)
+                continue
+            if batch:
+                await self.channel.send(value=batch)
+
+    @mode.Service.task
+    async def _reclaim_loop(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.reader.config.claim_interval_s)
+            try:
+                claimed = await self.reader.reclaim()
+            except RedisError as exc:
+                log.warning("reclaiming on %s failed: %s", self.reader.config.stream, exc)
+                continue
+            if claimed:
+                log.warning(
+                    "reclaimed %d entries of %s from stalled consumers", len(claimed), self.reader.config.stream
+                )
+                await self.channel.send(value=claimed)
+
+
+async def handle_until_done(reader: GroupReader, handler: BatchHandler, batch: Batch) -> None:
+    """Run the handler, retrying while it fails, then acknowledge: nothing is acked before it is handled."""
+    while True:
+        try:
+            await handler(batch)
+            break
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler failed on %d entries of %s; retrying", len(batch), reader.config.stream)
+            await asyncio.sleep(reader.config.retry_delay_s)
+    while True:
+        try:
+            await reader.ack(batch)
+            return
+        except RedisError as exc:
+            # Unacked entries would be redelivered and handled again (harmless: handlers are idempotent),
+            # but retrying the ack avoids that work.
+            log.warning("acknowledging on %s failed, retrying: %s", reader.config.stream, exc)
+            await asyncio.sleep(reader.config.retry_delay_s)
+
+
+def group_agent(
+    app: faust.App, redis: aioredis.Redis, config: GroupConfig, handler: BatchHandler, *, name: str
+) -> GroupSource:
+    """Register a Faust agent that handles batches of `config.stream` read through `config.group`.
+
+    Returns the source service (already registered with the app, started by the worker).
+    """
+    channel: faust.ChannelT[Any] = app.channel(maxsize=config.read_ahead)
+    reader = GroupReader(redis, config)
+
+    async def agent(batches: faust.StreamT[Batch]) -> None:
+        async for batch in batches:
+            await handle_until_done(reader, handler, batch)
+
+    agent.__name__ = agent.__qualname__ = name
+    app.agent(channel, name=name, concurrency=1)(agent)
+    source = GroupSource(reader, channel)
+    app.service(source)  # type: ignore[arg-type]  # Faust accepts instances; its annotation says class.
+    return source
+
+
+def _parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def trim_processed(redis: aioredis.Redis, stream: str, *, keep_ms: int, now_ms: int) -> str:
+    """Trim entries older than `keep_ms` that every consumer group has processed; return the MINID used.
+
+    `XADD MAXLEN` would drop entries whether or not they were acknowledged, so streams are bounded here
+    instead: nothing still pending, or not yet delivered, to any group is ever trimmed. A stalled group
+    therefore makes its stream grow (watch `stream_lag`) rather than lose entries.
+    """
+    floor = (max(now_ms - keep_ms, 0), 0)
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:  # no such stream yet
+        return "0-0"
+    for info in groups:
+        safe = _parse_id(str(info["last-delivered-id"]))
+        if int(info["pending"]):
+            summary: Any = await redis.xpending(stream, info["name"])
+            safe = min(safe, _parse_id(str(summary["min"])))
+        floor = min(floor, safe)
+    min_id = f"{floor[0]}-{floor[1]}"
+    await redis.xtrim(stream, minid=min_id, approximate=True)
+    return min_id
