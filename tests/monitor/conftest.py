@@ -1,0 +1,136 @@
+"""Fixtures for the monitor tests: the fake products API, settings pointing at it, a monitor to drive."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from redis import Redis as SyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from bidengine.embedded import free_port
+from monitor.fake_api import RunningFakeApi, running_fake_api
+from monitor.service import Monitor, connect_redis
+from schema.settings import Settings
+
+
+@pytest.fixture
+async def fake_api() -> AsyncIterator[RunningFakeApi]:
+    async with running_fake_api() as api:
+        yield api
+
+
+@pytest.fixture
+def settings(redis_url: str, fake_api: RunningFakeApi) -> Settings:
+    """Short timeouts and few retries, so failure paths take milliseconds; the interval never elapses."""
+    return Settings(
+        redis_url=redis_url,
+        monitor_source_url=fake_api.products_url,
+        monitor_page_size=30,
+        monitor_timeout_s=0.5,
+        monitor_max_retries=2,
+        monitor_interval_s=3600.0,
+    )
+
+
+@pytest.fixture
+async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+async def _no_sleep(_seconds: float) -> None:
+    """Backoff delays are asserted on the client; here they would only slow the tests down."""
+
+
+MonitorFactory = Callable[..., Monitor]
+
+
+@pytest.fixture
+async def make_monitor(
+    settings: Settings, http_session: aiohttp.ClientSession, clock: Clock
+) -> AsyncIterator[MonitorFactory]:
+    """Build a monitor (its own Redis client, like the service) from `settings` with overrides."""
+    clients: list[aioredis.Redis] = []
+
+    def make(**overrides: Any) -> Monitor:
+        chosen = dataclasses.replace(settings, **overrides)
+        assert chosen.redis_url
+        client = connect_redis(chosen.redis_url)
+        clients.append(client)
+        return Monitor(chosen, client, http_session, clock=clock, sleep=_no_sleep)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+class OwnRedis:
+    """A redis-server this test starts, stops and starts again on the same port."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server binary not found")
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = tempfile.mkdtemp(prefix="monitor-test-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # Wait for readiness (a condition, with a deadline), not for a fixed time.
+        client = SyncRedis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except RedisConnectionError:
+                assert self.process.poll() is None, "redis-server exited at start"
+                assert time.monotonic() < deadline, "redis-server did not start within 10 s"
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    server = OwnRedis()
+    server.start()
+    yield server
+    server.stop()
