@@ -156,6 +156,15 @@ class GroupSource(mode.Service):
         while not self.should_stop:
             try:
                 batch = await self.reader.read()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The stream or group vanished (a Redis restart without persistence, a flush): recreate it.
+                log.warning(
+                    "group %s on %s is gone; recreating it", self.reader.config.group, self.reader.config.stream
+                )
+                await self.reader.ensure_group()
+                continue
             except RedisError as exc:
                 log.warning("reading %s failed, retrying: %s", self.reader.config.stream, exc)
                 await self.sleep(self.reader.config.retry_delay_s)
