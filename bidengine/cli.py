@@ -55,6 +55,40 @@ def _run_all(settings: Settings, _args: argparse.Namespace) -> int:
     return run_all(settings)
 
 
+def _audit_report(settings: Settings, _args: argparse.Namespace) -> int:
+    from processors.audit_cli import report_main
+
+    return report_main(settings)
+
+
+def _audit_stats(settings: Settings, args: argparse.Namespace) -> int:
+    from processors.audit_cli import stats_main
+
+    return stats_main(settings, product_ids=args.product, as_json=args.json, top=args.top)
+
+
+def _audit_stats_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--product", type=int, action="append", default=[], help="only this product (repeatable)")
+    parser.add_argument("--top", type=int, default=10, help="products listed, most flagged first")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _seed(settings: Settings, args: argparse.Namespace) -> int:
+    from bench.seed import main
+    from schema.database import apply_migrations
+
+    if not settings.database_url:
+        raise SystemExit("DATABASE_URL is required for `bidengine seed`")
+    apply_migrations(settings.database_url)
+    return main(settings.database_url, args.rows, args.days, args.products)
+
+
+def _seed_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--products", type=int, default=50_000)
+
+
 COMMANDS: dict[str, tuple[Command, str]] = {
     "run": (_run_all, "run the whole system (embedded Redis/PostgreSQL when no URLs are given)"),
     "migrate": (_migrate, "apply pending database migrations"),
@@ -62,6 +96,15 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "pricing-agent": (_pricing_agent, "run the Faust worker with the pricing agent"),
     "audit-agent": (_audit_agent, "run the Faust worker with the audit agent and the daily audit"),
     "monitor": (_monitor, "run the competitor price monitor"),
+    "audit-report": (_audit_report, "run the daily budget audit now (report on stdout, summary to Redis)"),
+    "audit-stats": (_audit_stats, "print the audit agent's windowed aggregates"),
+    "seed": (_seed, "append realistic bids to the database (COPY), e.g. --rows 1000000 --days 90"),
+}
+
+# The options of the commands that take any.
+COMMAND_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "audit-stats": _audit_stats_options,
+    "seed": _seed_options,
 }
 
 
@@ -69,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bidengine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text)
+        command_parser = sub.add_parser(name, help=help_text)
+        if name in COMMAND_OPTIONS:
+            COMMAND_OPTIONS[name](command_parser)
     return parser
 
 
