@@ -54,9 +54,11 @@ class Faults:
     next: deque[Fault | None] = field(default_factory=deque)
     slow_s: float = 30.0
     requests: int = 0  # products requests answered so far, faulty or not
+    requested: asyncio.Event = field(default_factory=asyncio.Event)  # set by the first products request
 
     def take(self) -> Fault | None:
         self.requests += 1
+        self.requested.set()
         return self.next.popleft() if self.next else self.always
 
     def as_json(self) -> dict[str, Any]:

@@ -84,6 +84,10 @@ class Monitor:
         self.history = PollHistory(started_mono=clock())
         self.stale_after_s = STALE_AFTER_INTERVALS * settings.monitor_interval_s
 
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
     async def poll_once(self) -> PollReport:
         """Fetch the catalogue, normalize it, publish it. Failures are reported, never raised."""
         started_mono = self._clock()
@@ -167,7 +171,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     try:
         async with aiohttp.ClientSession() as session:
             monitor = Monitor(settings, redis, session)
-            app = build_app(redis, monitor.history, stale_after_s=monitor.stale_after_s)
+            app = build_app(monitor.redis, monitor.history, stale_after_s=monitor.stale_after_s)
             runner = web.AppRunner(app, access_log=None)  # probes every few seconds would drown the log
             await runner.setup()
             try:

@@ -7,17 +7,20 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bidengine.embedded import free_port
 from monitor.fake_api import RunningFakeApi, running_fake_api
+from monitor.http import build_app
 from monitor.service import Monitor, connect_redis
 from schema.settings import Settings
 
@@ -134,3 +137,23 @@ def own_redis() -> Iterator[OwnRedis]:
     server.start()
     yield server
     server.stop()
+
+
+HttpClientFactory = Callable[[Monitor], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def http_client(clock: Clock) -> AsyncIterator[HttpClientFactory]:
+    """The monitor's HTTP app, served on 127.0.0.1, sharing the monitor's Redis client and clock."""
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def make(monitor: Monitor) -> TestClient[web.Request, web.Application]:
+        app = build_app(monitor.redis, monitor.history, stale_after_s=monitor.stale_after_s, clock=clock)
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
