@@ -18,8 +18,11 @@ async def stored_ids(redis: aioredis.Redis) -> list[int]:
 
 
 async def streamed_records(redis: aioredis.Redis) -> list[CompetitorPrice]:
-    entries = await redis.xrange(COMPETITOR_PRICES_STREAM)
-    return [CompetitorPrice.from_json(fields[STREAM_RECORD_FIELD]) for _, fields in entries]
+    records = []
+    for _, fields in await redis.xrange(COMPETITOR_PRICES_STREAM) or []:
+        assert fields is not None
+        records.append(CompetitorPrice.from_json(fields[STREAM_RECORD_FIELD]))
+    return records
 
 
 async def test_a_poll_over_several_pages_publishes_every_product(
@@ -70,7 +73,9 @@ async def test_the_list_stays_bounded_and_keeps_the_newest_poll(
     ids = await stored_ids(redis)
     assert ids[:200] == list(range(1, 201))  # the whole second poll first
     assert ids[200:] == list(range(1, 51))  # then the head of the first one
-    newest = json.loads(await redis.lindex(COMPETITOR_PRICES_LIST, 0))
+    head = await redis.lindex(COMPETITOR_PRICES_LIST, 0)
+    assert head is not None
+    newest = json.loads(head)
     assert newest["price"] == 0.5
 
 
