@@ -29,18 +29,19 @@ COLUMNS = ("product_id", "current_cpc", "target_roas", "adjusted_cpc", "calculat
 
 
 def _fallback_adjusted_cpc(current_cpc: Decimal, target_roas: Decimal) -> Decimal:
-    # Used only while legacy/ has no port: scale the CPC by the target ROAS relative to a 4.0 baseline.
-    return (current_cpc * target_roas / Decimal(4)).quantize(CENT, rounding=ROUND_HALF_UP)
+    # Only when legacy/ is absent: the legacy rule round(cpc * (roas / 100), 2), in Decimal.
+    return (current_cpc * target_roas / 100).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 def _adjusted_formula() -> tuple[Callable[[Decimal, Decimal], Decimal], str]:
     try:
         from legacy import calculate_adjusted_cpc  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
-        return _fallback_adjusted_cpc, "seed fallback (current * roas / 4, ROUND_HALF_UP)"
+        return _fallback_adjusted_cpc, "seed fallback (current * roas / 100, ROUND_HALF_UP)"
 
     def legacy_formula(current_cpc: Decimal, target_roas: Decimal) -> Decimal:
-        value = calculate_adjusted_cpc(current_cpc, target_roas)
+        # The port takes what PHP took: numbers, not Decimals.
+        value = calculate_adjusted_cpc(float(current_cpc), float(target_roas))
         return Decimal(str(value)).quantize(CENT, rounding=ROUND_HALF_UP)
 
     return legacy_formula, "legacy.calculate_adjusted_cpc"
@@ -105,7 +106,8 @@ async def _chunks(
             at = start + timedelta(microseconds=offset_us)
             cents = max(1, int(base_cents[product] * rng.uniform(0.8, 1.2)))
             current = Decimal(cents).scaleb(-2)
-            roas = Decimal(round(rng.lognormvariate(1.386, 0.15), 4)).quantize(Decimal("0.0001"))
+            # Target ROAS in percent around 100 (the legacy formula scales the CPC by roas / 100).
+            roas = Decimal(round(rng.lognormvariate(4.605, 0.15), 4)).quantize(Decimal("0.0001"))
             if roas <= 0:
                 roas = Decimal("0.0001")
             adjusted = formula(current, roas)

@@ -17,13 +17,17 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import asyncio as aioredis
 
 from processors.audit_store import MAX_EVENT_AGE_DAYS, AuditStore, Observation
 from schema.events import EventDecodeError, PricedBid, money
+from schema.keys import AUDIT_GROUP, BIDS_PRICED
 from schema.settings import Settings
+
+if TYPE_CHECKING:
+    from processors.app import StreamsApp
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ async def audit_batch(
             bid = PricedBid.from_fields(fields)
         except EventDecodeError as exc:
             invalid += 1
-            log.error("skipping undecodable %s entry %s: %s", "bids:priced", entry_id, exc)
+            log.error("skipping undecodable %s entry %s: %s", BIDS_PRICED, entry_id, exc)
             continue
         day = _utc_day(bid.calculated_at)
         if day < oldest_day:
@@ -172,3 +176,29 @@ def register_daily_report(app: Any, settings: Settings, redis: aioredis.Redis) -
 
     result: Callable[[], Awaitable[None]] = app.crontab(settings.audit_report_cron, timezone=UTC)(daily_budget_audit)
     return result
+
+
+def build_audit_app(settings: Settings, *, consumer: str | None = None) -> StreamsApp:
+    """The audit worker: the `audit` group on `bids:priced` -> flags and aggregates, plus the daily report."""
+    from processors.app import create_app
+    from processors.redis_streams import GroupConfig, default_consumer_name, group_agent
+
+    if not settings.redis_url or not settings.database_url:
+        raise SystemExit("REDIS_URL and DATABASE_URL are required (`bidengine run` starts embedded servers)")
+    app = create_app("bidengine-audit")
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    group_agent(
+        app,
+        redis,
+        GroupConfig(
+            stream=BIDS_PRICED,
+            group=AUDIT_GROUP,
+            consumer=consumer or default_consumer_name("audit"),
+            batch_size=settings.audit_batch_size,
+            claim_idle_ms=settings.claim_idle_ms,
+        ),
+        make_handler(redis),
+        name="audit_bids",
+    )
+    register_daily_report(app, settings, redis)
+    return app

@@ -65,8 +65,10 @@ async def test_aggregates_per_day_and_product(redis: aioredis.Redis) -> None:
     assert (previous.overall.reviewed, previous.overall.flagged) == (1, 1)
     assert (stats.rolling.reviewed, stats.rolling.flagged) == (7, 4)
     assert stats.rolling.deviation_total == Decimal("9.52")
-    assert stats.products[7].reviewed == 4 and stats.products[7].flagged == 2
-    assert stats.products[9].reviewed == 3 and stats.products[9].flagged == 2
+    assert stats.products[7].reviewed == 4
+    assert stats.products[7].flagged == 2
+    assert stats.products[9].reviewed == 3
+    assert stats.products[9].flagged == 2
     assert list(stats.products) == [7, 9]  # most flagged first, then most reviewed
 
     only = await audit_stats(redis, now=NOW, product_ids=[9, 12345])
