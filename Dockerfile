@@ -72,7 +72,8 @@ def running_role():
     """The subcommand of the `bidengine` process in this PID namespace (BIDENGINE_ROLE overrides)."""
     if os.environ.get("BIDENGINE_ROLE"):
         return os.environ["BIDENGINE_ROLE"]
-    for proc in sorted(Path("/proc").glob("[0-9]*"), key=lambda p: int(p.name)):
+    proc_root = Path(os.environ.get("BIDENGINE_PROC_ROOT") or "/proc")
+    for proc in sorted(proc_root.glob("[0-9]*"), key=lambda p: int(p.name)):
         try:
             argv = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
         except OSError:
