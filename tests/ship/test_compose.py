@@ -1,0 +1,105 @@
+"""docker-compose.yml: accepted by docker-compose itself and by the Compose specification's schema; the services
+start in the right order and run commands the image has."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from functools import cache
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import ROOT, assert_bidengine_command, schema_errors, vendored_schema
+
+COMPOSE = ROOT / "docker-compose.yml"
+APP_SERVICES = {"migrate", "gateway", "pricing-agent", "audit-agent", "monitor"}
+LONG_RUNNING = APP_SERVICES - {"migrate"}
+
+
+@cache
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    return document
+
+
+def services() -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = compose()["services"]
+    return result
+
+
+def compose_command() -> list[str]:
+    """docker-compose v1 (Debian's package, installed by .ci/run) or else the docker compose v2 plugin."""
+    if v1 := shutil.which("docker-compose"):
+        return [v1]
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
+        return [docker, "compose"]
+    pytest.fail(
+        "docker-compose is not installed: apt-get install -y --no-install-recommends docker-compose", pytrace=False
+    )
+
+
+def test_docker_compose_config() -> None:
+    """The engine's own parser and validator (`config -q` needs no Docker daemon)."""
+    result = subprocess.run(
+        [*compose_command(), "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_spec_schema() -> None:
+    errors = schema_errors(vendored_schema("compose-spec"), compose())
+    assert not errors, "\n".join(errors)
+
+
+def test_databases_with_healthchecks_and_named_volumes() -> None:
+    postgres, redis = services()["postgres"], services()["redis"]
+    assert re.fullmatch(r"postgres:16(\.\d+)?(-\w+)?", postgres["image"]), postgres["image"]
+    assert re.fullmatch(r"redis:7(\.\d+){0,2}(-\w+)?", redis["image"]), redis["image"]
+    volumes = set(compose()["volumes"])
+    for name, service in (("postgres", postgres), ("redis", redis)):
+        assert service["healthcheck"]["test"], f"{name} has no healthcheck"
+        named = {v.split(":")[0] for v in service["volumes"]}
+        assert named & volumes, f"{name} keeps its data in no named volume"
+
+
+def test_start_order() -> None:
+    """migrate waits for a healthy PostgreSQL; every long-running process for a finished migration and Redis."""
+    assert set(services()) >= APP_SERVICES, f"missing services: {APP_SERVICES - set(services())}"
+    migrate = services()["migrate"]
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert migrate.get("restart") == "no", "a one-shot job"
+    for name in LONG_RUNNING:
+        depends = services()[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["redis"]["condition"] == "service_healthy", name
+
+
+def test_app_services_run_commands_of_the_image() -> None:
+    """Every app service builds this repository's Dockerfile (ENTRYPOINT bidengine) and runs a real subcommand."""
+    for name in APP_SERVICES:
+        service = services()[name]
+        assert service["build"]["context"] == ".", name
+        assert service["build"].get("dockerfile", "Dockerfile") == "Dockerfile", name
+        assert "entrypoint" not in service, f"{name} overrides the image's ENTRYPOINT"
+        assert_bidengine_command(["bidengine", *service["command"]], f"docker-compose service {name}")
+    commands = {services()[name]["command"][0] for name in APP_SERVICES}
+    assert commands == {"migrate", "gateway", "pricing-agent", "audit-agent", "monitor"}
+
+
+def test_ports_and_connection_settings() -> None:
+    assert "8000:8000" in services()["gateway"]["ports"]
+    assert "3001:3001" in services()["monitor"]["ports"]
+    for name in APP_SERVICES:
+        env = services()[name]["environment"]
+        assert env["REDIS_URL"].startswith("redis://redis:"), name
+        assert env["DATABASE_URL"].startswith("postgresql://"), name
+        assert "@postgres:5432/" in env["DATABASE_URL"], name
