@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, NoReturn
@@ -90,6 +91,12 @@ def build_pricing_app(settings: Settings, *, consumer: str | None = None) -> Str
 
 def run_worker(app: faust.App, settings: Settings) -> NoReturn:
     """Run the Faust worker until SIGTERM/SIGINT; it stops its services (sources first) and exits the process."""
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover  # uvloop is optional (not on Windows)
+        pass
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
     worker.execute_from_commandline()
 
