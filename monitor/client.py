@@ -42,6 +42,11 @@ class UpstreamError(Exception):
 class FetchError(Exception):
     """The catalogue could not be fetched: a page failed on its last attempt, or cannot succeed."""
 
+    def __init__(self, message: str, *, pages: int = 0, requests: int = 0) -> None:
+        super().__init__(message)
+        self.pages = pages  # pages fetched before the failure
+        self.requests = requests  # requests made, the failed attempts included
+
 
 @dataclass(frozen=True, slots=True)
 class Catalogue:
@@ -93,7 +98,10 @@ class ProductsClient:
         pages = 0
         requests = 0
         while True:
-            page, attempts = await self._fetch_page(skip)
+            try:
+                page, attempts = await self._fetch_page(skip)
+            except FetchError as exc:
+                raise FetchError(str(exc), pages=pages, requests=requests + exc.requests) from exc.__cause__
             pages += 1
             requests += attempts
             items.extend(page.products)
@@ -102,7 +110,8 @@ class ProductsClient:
             if not page.products or skip >= page.total:
                 return Catalogue(items, page.total, pages, requests)
             if pages >= MAX_PAGES:
-                raise FetchError(f"gave up after {pages} pages without reaching total={page.total}")
+                message = f"gave up after {pages} pages without reaching total={page.total}"
+                raise FetchError(message, pages=pages, requests=requests)
 
     async def _fetch_page(self, skip: int) -> tuple[ProductsPage, int]:
         url = self._url.update_query(limit=self._page_size, skip=skip)
@@ -111,7 +120,7 @@ class ProductsClient:
                 return await self._get_page(url), retry + 1
             except UpstreamError as exc:
                 if not exc.retriable or retry == self._max_retries:
-                    raise FetchError(f"{url}: {exc} (attempt {retry + 1})") from exc
+                    raise FetchError(f"{url}: {exc} (attempt {retry + 1})", requests=retry + 1) from exc
                 delay = backoff_delay(retry, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s, rng=self._rng)
                 log.warning(
                     "upstream request failed, retrying",

@@ -95,14 +95,26 @@ class Monitor:
         try:
             catalogue = await self._client.fetch_catalogue()
         except FetchError as exc:
-            failed = PollReport(PollOutcome.FETCH_FAILED, started_at, self._clock() - started_mono, error=str(exc))
+            failed = PollReport(
+                PollOutcome.FETCH_FAILED,
+                started_at,
+                self._clock() - started_mono,
+                pages=exc.pages,
+                requests=exc.requests,
+                error=str(exc),
+            )
             return self._finish(failed)
 
         normalized = normalize(catalogue.items, started_at)
         for rejected in normalized.rejected[:MAX_REJECTIONS_LOGGED]:
             log.warning(
                 "upstream item rejected",
-                extra={"index": rejected.index, "product_id": rejected.product_id, "reason": rejected.reason},
+                extra={
+                    "event": "item_rejected",
+                    "index": rejected.index,
+                    "product_id": rejected.product_id,
+                    "reason": rejected.reason,
+                },
             )
 
         def report(outcome: PollOutcome, *, published: int = 0, error: str | None = None) -> PollReport:

@@ -155,6 +155,7 @@ async def test_a_page_failing_mid_catalogue_publishes_nothing_of_that_poll(
     recovered = await monitor.poll_once()
 
     assert failed.outcome is PollOutcome.FETCH_FAILED
+    assert (failed.pages, failed.requests) == (2, 4)  # two good pages, then the third one twice
     assert recovered.outcome is PollOutcome.OK
     assert await stored_ids(redis) == list(range(1, 201))  # only the complete poll
     assert monitor.history.consecutive_failures == 0
