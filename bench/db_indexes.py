@@ -17,9 +17,9 @@ import os
 import statistics
 import sys
 import time
-from datetime import timedelta
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -71,7 +71,8 @@ def plan_shape(plan: dict[str, Any]) -> str:
         elif "Relation Name" in node and kind.endswith("Scan"):
             kind += f"({node['Relation Name']})"
         if kind == "Sort":
-            kind += f"[{node.get('Sort Method', '?')} {node.get('Sort Space Used', '?')}kB {node.get('Sort Space Type', '')}]"
+            method, used = node.get("Sort Method", "?"), node.get("Sort Space Used", "?")
+            kind += f"[{method} {used}kB {node.get('Sort Space Type', '')}]"
         workers = node.get("Workers Launched")
         if workers:
             kind += f"[{workers}w]"
