@@ -48,7 +48,12 @@ def _to_php(value: object) -> object:
     if isinstance(value, bool) or value is None or isinstance(value, float | str | list | dict):
         return value
     if isinstance(value, int):
-        return value if PHP_INT_MIN <= value <= PHP_INT_MAX else float(value)
+        if PHP_INT_MIN <= value <= PHP_INT_MAX:
+            return value
+        try:
+            return float(value)
+        except OverflowError:  # json_decode's strtod overflows to infinity where Python raises
+            return math.inf if value > 0 else -math.inf
     raise TypeError(f"not a JSON value: {type(value).__name__}")
 
 
@@ -248,7 +253,8 @@ def _round_helper(value: float) -> float:
     """php_round_helper() for PHP_ROUND_HALF_UP: halves away from zero."""
     if value >= 0.0:
         return float(math.floor(value + 0.5))
-    return float(math.ceil(value - 0.5))
+    # C's ceil() keeps the sign of a negative value that rounds to zero; Python's int result cannot.
+    return math.copysign(float(math.ceil(value - 0.5)), value)
 
 
 def php_round(value: float, precision: int = 0) -> float:
@@ -277,8 +283,9 @@ def php_round(value: float, precision: int = 0) -> float:
     tmp = _round_helper(tmp)
     if abs(places) < 23:
         return tmp / f1 if places > 0 else tmp * f1
-    # 10**places is inexact here, so PHP goes through text: "%15fe%d" and strtod.
-    text = f"{tmp:15f}e{-places}"[:38]
+    # 10**places is inexact here, so PHP goes through text: "%15fe%d" and strtod. PHP's own snprintf
+    # prints -0.0 without its sign (it tests num < 0), so a zero comes back positive.
+    text = f"{tmp + 0.0:15f}e{-places}"[:38]
     result = float(text)
     return result if math.isfinite(result) else value
 
