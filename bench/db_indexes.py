@@ -131,10 +131,10 @@ def index_bytes(conn: psycopg.Connection[Any], table: str) -> int:
         """
         SELECT coalesce(sum(pg_relation_size(i.indexrelid)), 0)
         FROM pg_index i
-        JOIN pg_partition_tree(%s::regclass) t ON t.relid = i.indrelid
-        WHERE NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+        WHERE (i.indrelid = %s::regclass OR i.indrelid IN (SELECT relid FROM pg_partition_tree(%s::regclass)))
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
         """,
-        (table,),
+        (table, table),
     ).fetchone()
     assert row is not None
     return int(row[0])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import redis.asyncio as aioredis
@@ -124,3 +124,16 @@ async def test_too_old_and_invalid_entries_are_skipped(redis: aioredis.Redis) ->
     assert (result.counted, result.too_old, result.invalid) == (0, 1, 1)
     assert await flags(redis) == []
     assert await redis.exists(day_key(old.calculated_at.date())) == 0
+
+
+async def test_bridge_handler_takes_stream_entries(redis: aioredis.Redis) -> None:
+    from processors.audit import make_handler
+    from processors.redis_streams import StreamEntry
+
+    handle = make_handler(redis)  # judges age against the wall clock, so the bids are from now
+    fresh = [priced(b.bid_id, str(b.current_cpc), str(b.adjusted_cpc), at=datetime.now(UTC)) for b in EDGES]
+    batch = [StreamEntry(entry_id, dict(fields)) for entry_id, fields in (entry(b) for b in fresh)]
+    await handle(batch)
+    await handle(batch)  # the bridge redelivers a batch whose ack failed
+
+    assert [f["bid_id"] for f in await flags(redis)] == ["2", "3", "5"]
