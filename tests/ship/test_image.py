@@ -146,9 +146,9 @@ def test_build_context_has_every_package() -> None:
 def healthcheck_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runtime = stages(parse())[-1]
     (healthcheck,) = [c for c in runtime if c.cmd == "HEALTHCHECK"]
-    program = healthcheck.value[1]
+    program: str = healthcheck.value[1]
     (copy,) = [c for c in runtime if c.cmd == "COPY" and c.heredocs and c.value[-1].endswith("/" + program)]
-    script = tmp_path_factory.mktemp("healthcheck") / program
+    script: Path = tmp_path_factory.mktemp("healthcheck") / program
     script.write_text(copy.heredocs[0].content, encoding="utf-8")
     return script
 

@@ -21,7 +21,7 @@ FILES = ("ci.yml", "security.yml")
 
 @cache
 def workflow(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((WORKFLOWS / name).read_text(encoding="utf-8"))
+    loaded: dict[Any, Any] = yaml.safe_load((WORKFLOWS / name).read_text(encoding="utf-8"))
     # PyYAML reads the key `on` as the boolean True (YAML 1.1).
     if True in loaded:
         loaded["on"] = loaded.pop(True)
