@@ -108,7 +108,7 @@ def canonical_php(raw: Sequence[Any]) -> Result:
         return ("float", repr(struct.unpack(">d", bytes.fromhex(raw[1]))[0]))
     if kind == "list":
         return ("list", tuple(raw[1]))
-    if kind == "boolean" or kind == "bool":
+    if kind in {"boolean", "bool"}:
         return ("bool", raw[1])
     return tuple(raw)  # "throw", or a driver_error that no port result will ever equal
 
@@ -116,9 +116,7 @@ def canonical_php(raw: Sequence[Any]) -> Result:
 def run_php(cases: Sequence[Case], php: str) -> list[list[Any]]:
     """Raw driver results for all cases, from one PHP process."""
     line = json.dumps([list(c) for c in cases]) + "\n"
-    done = subprocess.run(
-        [php, str(PHP_DRIVER)], input=line, capture_output=True, text=True, check=True, timeout=600
-    )
+    done = subprocess.run([php, str(PHP_DRIVER)], input=line, capture_output=True, text=True, check=True, timeout=600)
     results: list[list[Any]] = json.loads(done.stdout)
     assert len(results) == len(cases), done.stderr
     return results
@@ -136,7 +134,8 @@ class PhpSession:
         )
 
     def run(self, cases: Sequence[Case]) -> list[list[Any]]:
-        assert self._process.stdin is not None and self._process.stdout is not None
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
         self._process.stdin.write(json.dumps([list(c) for c in cases]) + "\n")
         self._process.stdin.flush()
         results: list[list[Any]] = json.loads(self._process.stdout.readline())
