@@ -94,6 +94,9 @@ class GroupReader:
         self.config = config
         self._own_pending_cursor: str | None = "0"
         self._claim_cursor = "0-0"
+        # Entries this consumer holds until they are acked. XAUTOCLAIM does not spare the caller's own
+        # entries, so a slow batch of ours would otherwise be "reclaimed" by ourselves and handled twice.
+        self._in_flight: set[str] = set()
 
     async def ensure_group(self) -> None:
         await ensure_group(self.redis, self.config.stream, self.config.group)
@@ -110,12 +113,12 @@ class GroupReader:
             if raw:
                 # Advance the cursor: reading id 0 again would return the same entries forever.
                 self._own_pending_cursor = raw[-1][0]
-                return _entries(raw)
+                return self._track(_entries(raw))
             self._own_pending_cursor = None
         response = await self.redis.xreadgroup(
             cfg.group, cfg.consumer, {cfg.stream: ">"}, count=cfg.batch_size, block=cfg.block_ms
         )
-        return _entries(response[0][1]) if response else []
+        return self._track(_entries(response[0][1])) if response else []
 
     async def reclaim(self) -> list[StreamEntry]:
         """Take over entries other consumers have held too long (XAUTOCLAIM), one batch per call."""
@@ -130,11 +133,16 @@ class GroupReader:
         )
         next_cursor, claimed = result[0], result[1]
         self._claim_cursor = next_cursor
-        return _entries(claimed)
+        return self._track([entry for entry in _entries(claimed) if entry.id not in self._in_flight])
 
     async def ack(self, entries: Batch) -> None:
         if entries:
             await self.redis.xack(self.config.stream, self.config.group, *(entry.id for entry in entries))
+            self._in_flight.difference_update(entry.id for entry in entries)
+
+    def _track(self, entries: list[StreamEntry]) -> list[StreamEntry]:
+        self._in_flight.update(entry.id for entry in entries)
+        return entries
 
 
 class GroupSource(mode.Service):

@@ -75,6 +75,7 @@ def build_pricing_app(settings: Settings, *, consumer: str | None = None) -> Str
             batch_size=settings.pricing_batch_size,
             block_ms=settings.pricing_block_ms,
             claim_idle_ms=settings.claim_idle_ms,
+            claim_interval_s=min(5.0, settings.claim_idle_ms / 2000),
         ),
         price,
         name="price_bids",

@@ -97,6 +97,7 @@ def pipeline(redis_url: str, database_url: str) -> Iterator[Pipeline]:
         "DATABASE_URL": database_url,
         "LOG_LEVEL": "WARNING",
         "CLAIM_IDLE_MS": "1000",
+        "REPLY_TIMEOUT_S": "30",  # the recovery test waits for a successor agent
     }
     pipeline = Pipeline(env["REDIS_URL"], database_url, env)
     sync_redis.Redis.from_url(pipeline.redis_url).flushdb()

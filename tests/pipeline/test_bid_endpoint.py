@@ -153,9 +153,15 @@ async def test_health_and_ready(pipeline: Pipeline) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{pipeline.gateway_url}/health") as response:
             assert response.status == 200
-        async with session.get(f"{pipeline.gateway_url}/ready") as response:
-            assert response.status == 200
-            ready = await response.json()
+        # /ready reports a snapshot refreshed every second: wait for one taken after earlier tests' bids.
+        for _ in range(50):
+            async with session.get(f"{pipeline.gateway_url}/ready") as response:
+                assert response.status == 200
+                ready = await response.json()
+            if ready["pricing_lag"] == 0:
+                break
+            await asyncio.sleep(0.1)
     assert ready["redis"] is True
     assert ready["postgres"] is True
     assert ready["pricing_lag"] == 0
+    assert ready["in_flight"] == 0

@@ -166,3 +166,14 @@ async def test_group_lag_counts_undelivered_and_pending(redis: aioredis.Redis, c
     assert await group_lag(redis, STREAM, "g") == (count if redis7 else 0)
     await reader.read()
     assert await group_lag(redis, STREAM, "g") == count
+
+
+async def test_reclaim_spares_entries_this_consumer_is_still_handling(redis: aioredis.Redis) -> None:
+    reader = GroupReader(redis, config("a", claim_idle_ms=0))
+    await reader.ensure_group()
+    await add(redis, 3)
+    batch = await reader.read()
+    assert await reader.reclaim() == []  # ours, in flight: not handed out a second time
+    await reader.ack(batch[:1])
+    other = GroupReader(redis, config("b", claim_idle_ms=0))
+    assert [e.id for e in await other.reclaim()] == [e.id for e in batch[1:]]
