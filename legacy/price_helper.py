@@ -246,7 +246,10 @@ def _multiply(left: int | float, right: int | float) -> int | float:
 
 
 def _intpow10(power: int) -> float:
-    return math.pow(10.0, power)
+    try:
+        return math.pow(10.0, power)
+    except OverflowError:  # C's pow() overflows to infinity where Python raises
+        return math.inf
 
 
 def _round_helper(value: float) -> float:
