@@ -160,7 +160,9 @@ def _money(r: random.Random) -> float:
     whole = r.randint(0, units)
     if r.random() < 0.5:
         return float(f"{whole}.{cents:02d}5")
-    return round(r.randint(0, units * 10**4 + 9999) / 10 ** r.choice([0, 1, 2, 3, 4]), 4)
+    numerator = r.randint(0, units * 10**4 + 9999)
+    divisor: int = 10 ** r.choice([0, 1, 2, 3, 4])
+    return round(numerator / divisor, 4)
 
 
 def _any_float(r: random.Random) -> float:
@@ -168,9 +170,9 @@ def _any_float(r: random.Random) -> float:
     if pick < 0.3:
         return r.choice(SPECIAL_FLOATS)
     if pick < 0.5:
-        return struct.unpack("<d", r.getrandbits(64).to_bytes(8, "little"))[0]
+        return float(struct.unpack("<d", r.getrandbits(64).to_bytes(8, "little"))[0])
     if pick < 0.7:
-        return r.uniform(-1, 1) * 10 ** r.randint(-12, 20)
+        return r.uniform(-1, 1) * float(10 ** r.randint(-12, 20))
     if pick < 0.85:
         # The doubles next to a half cent: where pre-rounding decides the cent.
         return math.nextafter(_money(r), r.choice([math.inf, -math.inf]))
