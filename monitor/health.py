@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from monitor.records import iso_utc
+from schema.competitor import iso_utc
 
 
 class PollOutcome(StrEnum):

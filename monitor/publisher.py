@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from monitor.records import STREAM_RECORD_FIELD, CompetitorPrice
+from schema.competitor import STREAM_RECORD_FIELD, CompetitorPrice
 from schema.keys import COMPETITOR_PRICES_LIST, COMPETITOR_PRICES_STREAM
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from monitor.records import CompetitorPrice
+from schema.competitor import CompetitorPrice
 
 
 class UpstreamProduct(BaseModel):

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import asyncpg
 from redis import asyncio as aioredis
 
+from schema import keys
 from schema.database import BIDS_TABLE
 from schema.keys import AUDIT_REPORTS
 
@@ -33,7 +34,6 @@ REPORTS_MAXLEN = 1_000
 REPORT_WORK_MEM = "64MB"
 # Marks the day's scheduled run as taken, so several audit workers publish one report a day, not one each.
 # (Derived from AUDIT_REPORTS until schema/keys.py names it.)
-SCHEDULED_RUN_PREFIX = f"{AUDIT_REPORTS}:run:"
 
 # The flag rule, shared by both queries; identical to `processors.audit.is_flagged` (exact numeric).
 _FLAGGED = "abs(adjusted_cpc - current_cpc) > 0.20 * current_cpc"
@@ -176,7 +176,7 @@ async def run_scheduled_report(
 ) -> AuditReport | None:
     """The crontab's entry: run today's report unless another audit worker already took today's run."""
     day = (now or datetime.now(UTC)).astimezone(UTC).date()
-    taken = await redis.set(f"{SCHEDULED_RUN_PREFIX}{day.isoformat()}", "1", nx=True, ex=2 * 86_400)
+    taken = await redis.set(f"{keys.AUDIT_REPORT_RUN_PREFIX}{day.isoformat()}", "1", nx=True, ex=2 * 86_400)
     if not taken:
         log.info("daily budget audit for %s already run by another worker", day)
         return None

@@ -24,6 +24,8 @@ AUDIT_FLAGS: Final = "audit:flags"
 AUDIT_REPORTS: Final = "audit:reports"
 AUDIT_AGGREGATE_PREFIX: Final = "audit:agg:"
 AUDIT_SEEN_PREFIX: Final = "audit:seen:"
+# One marker per UTC day: the first audit worker to set it runs that day's scheduled report.
+AUDIT_REPORT_RUN_PREFIX: Final = "audit:reports:run:"
 
 # Competitor monitor outputs: a list for existing consumers, a stream for ordered change feeds.
 COMPETITOR_PRICES_LIST: Final = "competitor_prices"

@@ -36,9 +36,7 @@ def test_money_has_two_decimals() -> None:
     assert money(2.25) == "2.25"
 
 
-async def test_migrations_are_idempotent_and_create_the_legacy_table(
-    database_url: str, db: asyncpg.Pool
-) -> None:
+async def test_migrations_are_idempotent_and_create_the_legacy_table(database_url: str, db: asyncpg.Pool) -> None:
     assert apply_migrations(database_url) == []
     columns = await db.fetch(
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = $1", BIDS_TABLE

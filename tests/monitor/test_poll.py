@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 
 from monitor.fake_api import Fault, RunningFakeApi, is_broken_by_bad_items
 from monitor.health import PollOutcome
-from monitor.records import STREAM_RECORD_FIELD, CompetitorPrice
+from schema.competitor import STREAM_RECORD_FIELD, CompetitorPrice
 from schema.keys import COMPETITOR_PRICES_LIST, COMPETITOR_PRICES_STREAM
 from tests.monitor.conftest import MonitorFactory
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from monitor.records import CompetitorPrice, iso_utc
 from monitor.upstream import normalize
+from schema.competitor import CompetitorPrice, iso_utc
 
 OBSERVED = datetime(2025, 3, 1, 12, 30, 5, 123456, tzinfo=UTC)
 RECORD_KEYS = [

@@ -3,8 +3,6 @@
 Each record is stored as one JSON object, both as an element of the `competitor_prices` list and as the
 `record` field of a `competitor_prices:stream` entry. The key names are camelCase because the consumers of
 the old TypeScript service already read them; renaming one is a breaking change.
-
-This model belongs in `schema/` next to the key names (see docs/monitor.md); it lives here until it moves.
 """
 
 from __future__ import annotations
