@@ -74,7 +74,7 @@ def _audit_stats_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _seed(settings: Settings, args: argparse.Namespace) -> int:
-    from bench.seed import main
+    from bidengine.seed import main
     from schema.database import apply_migrations
 
     if not settings.database_url:

@@ -6,6 +6,8 @@ import asyncio
 
 from redis import asyncio as aioredis
 
+from schema.redis_pipe import execute_packed, xadd
+
 
 class StreamPublisher:
     """`await publish(fields)` returns once Redis has the entry (or raises the Redis error for it)."""
@@ -32,11 +34,9 @@ class StreamPublisher:
         task.add_done_callback(self._tasks.discard)
 
     async def _flush(self, batch: list[tuple[dict[str, str], asyncio.Future[None]]]) -> None:
+        commands = [xadd(self.stream, fields) for fields, _ in batch]
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for fields, _ in batch:
-                    pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
-                results = await pipe.execute(raise_on_error=False)
+            results = await execute_packed(self.redis, commands)
         except Exception as exc:  # the connection failed: every entry of the batch failed
             for _, future in batch:
                 if not future.done():

@@ -10,7 +10,7 @@ from typing import Any
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from schema.events import BidReply, EventDecodeError
+from schema.events import BidReply, EventDecodeError, decode_replies
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +68,14 @@ class ReplyRouter:
 
     def _deliver(self, fields: dict[str, str]) -> None:
         try:
-            reply = BidReply.from_fields(fields)
+            replies = decode_replies(fields)
         except EventDecodeError as exc:
             log.error("ignoring malformed reply on %s: %s", self.stream, exc)
             return
-        waiting = self._waiting.pop(reply.reply_id, None)
-        if waiting is not None and not waiting[0].done():
-            waiting[0].set_result(reply)
+        for reply in replies:
+            waiting = self._waiting.pop(reply.reply_id, None)
+            if waiting is not None and not waiting[0].done():
+                waiting[0].set_result(reply)
 
     async def _upkeep(self, last_id: str) -> None:
         # Replies already read are never read again: drop them, and let the key expire if we die.

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 from redis import asyncio as aioredis
@@ -25,7 +25,8 @@ from legacy import InvalidArgumentError, calculate_adjusted_cpc
 from processors.redis_streams import Batch, StreamEntry
 from schema import keys
 from schema.database import BIDS_TABLE
-from schema.events import BidReply, BidRequested, EventDecodeError, PricedBid, money
+from schema.events import BidReply, BidRequested, EventDecodeError, PricedBid, encode_replies, money
+from schema.redis_pipe import Command, execute_packed, xadd
 
 log = logging.getLogger(__name__)
 
@@ -164,33 +165,31 @@ class PricingHandler:
         stored: dict[str, StoredRow],
         dead: Sequence[tuple[StreamEntry, str, BidRequested | None]],
     ) -> None:
+        replies: dict[str, list[BidReply]] = defaultdict(list)
+        commands: list[Command] = []
         published: set[int] = set()
-        # MULTI/EXEC: a batch's replies and priced events become visible together, in one round trip.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for request in priced:
-                row = stored[request.event.request_id]
-                if row.same_request:
-                    reply = BidReply(request.event.reply_id, row.bid.bid_id, money(row.bid.adjusted_cpc))
-                else:
-                    reply = BidReply(request.event.reply_id, row.bid.bid_id, error=BidReply.IDEMPOTENCY_CONFLICT)
-                self._reply(pipe, request.event.reply_to, reply)
-                if row.bid.bid_id not in published:
-                    published.add(row.bid.bid_id)
-                    pipe.xadd(keys.BIDS_PRICED, row.bid.to_fields())  # type: ignore[arg-type]
-            for entry, reason, event in dead:
-                log.error("dead-lettering %s: %s", entry.id, reason)
-                pipe.xadd(
-                    keys.BIDS_DEAD_LETTER,
-                    {
-                        "entry_id": entry.id,
-                        "stream": keys.BID_REQUESTS,
-                        "reason": reason,
-                        "fields": json.dumps(entry.fields),
-                    },
-                )
-                if event is not None:
-                    self._reply(pipe, event.reply_to, BidReply(event.reply_id, error=BidReply.REJECTED))
-            await pipe.execute()
-
-    def _reply(self, pipe: Any, reply_to: str, reply: BidReply) -> None:
-        pipe.xadd(reply_to, reply.to_fields(), maxlen=self.reply_stream_maxlen, approximate=True)
+        for request in priced:
+            row = stored[request.event.request_id]
+            if row.same_request:
+                reply = BidReply(request.event.reply_id, row.bid.bid_id, money(row.bid.adjusted_cpc))
+            else:
+                reply = BidReply(request.event.reply_id, row.bid.bid_id, error=BidReply.IDEMPOTENCY_CONFLICT)
+            replies[request.event.reply_to].append(reply)
+            if row.bid.bid_id not in published:
+                published.add(row.bid.bid_id)
+                commands.append(xadd(keys.BIDS_PRICED, row.bid.to_fields()))
+        for entry, reason, event in dead:
+            log.error("dead-lettering %s: %s", entry.id, reason)
+            dead_letter = {
+                "entry_id": entry.id,
+                "stream": keys.BID_REQUESTS,
+                "reason": reason,
+                "fields": json.dumps(entry.fields),
+            }
+            commands.append(xadd(keys.BIDS_DEAD_LETTER, dead_letter))
+            if event is not None:
+                replies[event.reply_to].append(BidReply(event.reply_id, error=BidReply.REJECTED))
+        for reply_to, answers in replies.items():
+            commands.append(xadd(reply_to, encode_replies(answers), maxlen=self.reply_stream_maxlen))
+        # MULTI/EXEC: the batch's replies and priced events become visible together, or not at all.
+        await execute_packed(self.redis, commands, transaction=True)

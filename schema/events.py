@@ -7,7 +7,7 @@ strings, which round-trip exactly, so the pricing agent computes on the very val
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -108,7 +108,12 @@ class PricedBid:
 
 @dataclass(frozen=True, slots=True)
 class BidReply:
-    """`bids:replies:<gateway>`: the answer to one request: the stored bid, or why none was stored."""
+    """The answer to one request: the stored bid, or why none was stored.
+
+    Replies travel on `bids:replies:<gateway>`, private to the gateway and the pricing agent: one entry per
+    agent batch and gateway, one field per request (`reply_id` -> `bid_id|adjusted_cpc|error`), so a batch
+    costs one XADD per gateway instead of one per bid.
+    """
 
     reply_id: str
     bid_id: int | None = None
@@ -119,25 +124,23 @@ class BidReply:
     IDEMPOTENCY_CONFLICT = "idempotency-conflict"  # the key was used before, for a different bid
     REJECTED = "rejected"  # the agent could not price or store it (details in bids:dead)
 
-    def to_fields(self) -> dict[str, str]:
-        fields = {"reply_id": self.reply_id}
-        if self.bid_id is not None:
-            fields["bid_id"] = str(self.bid_id)
-        if self.adjusted_cpc is not None:
-            fields["adjusted_cpc"] = self.adjusted_cpc
-        if self.error is not None:
-            fields["error"] = self.error
-        return fields
+    def encode(self) -> str:
+        bid_id = "" if self.bid_id is None else str(self.bid_id)
+        return f"{bid_id}|{self.adjusted_cpc or ''}|{self.error or ''}"
 
     @classmethod
-    def from_fields(cls, fields: Fields) -> BidReply:
+    def decode(cls, reply_id: str, value: str) -> BidReply:
         try:
-            bid_id = fields.get("bid_id")
-            return cls(
-                reply_id=_get(fields, "reply_id"),
-                bid_id=int(bid_id) if bid_id is not None else None,
-                adjusted_cpc=fields.get("adjusted_cpc"),
-                error=fields.get("error"),
-            )
+            bid_id, adjusted_cpc, error = value.split("|")
+            return cls(reply_id, int(bid_id) if bid_id else None, adjusted_cpc or None, error or None)
         except ValueError as exc:
-            raise EventDecodeError(str(exc)) from exc
+            raise EventDecodeError(f"malformed reply {value!r}") from exc
+
+
+def encode_replies(replies: Iterable[BidReply]) -> dict[str, str]:
+    """The fields of one reply-stream entry."""
+    return {reply.reply_id: reply.encode() for reply in replies}
+
+
+def decode_replies(fields: Fields) -> list[BidReply]:
+    return [BidReply.decode(reply_id, value) for reply_id, value in fields.items()]

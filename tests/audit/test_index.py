@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from bench.seed import seed
+from bidengine.seed import seed
 from processors.audit_report import FLAGGED_LINES_SQL, SUMMARY_SQL
 
 SHIPPED_INDEX = "bidding_productbid_calculated_at_brin"

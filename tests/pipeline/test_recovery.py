@@ -15,7 +15,7 @@ from processors.pricing import PricingHandler
 from processors.redis_streams import GroupConfig, GroupReader
 from schema import keys
 from schema.database import BIDS_TABLE
-from schema.events import BidReply, BidRequested
+from schema.events import BidRequested, decode_replies
 from tests.pipeline.conftest import Pipeline
 
 
@@ -41,7 +41,7 @@ async def test_redelivered_batch_returns_the_stored_bids_and_adds_no_row(
     await second.ack(reclaimed)
 
     assert await db.fetchval(f"SELECT count(*) FROM {BIDS_TABLE}") == 5
-    replies = [BidReply.from_fields(f) for _, f in await redis.xrange("replies:test")]
+    replies = [reply for _, f in await redis.xrange("replies:test") for reply in decode_replies(f)]
     by_request: dict[str, set[int | None]] = {}
     for reply in replies:
         by_request.setdefault(reply.reply_id, set()).add(reply.bid_id)
