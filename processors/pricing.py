@@ -1,8 +1,8 @@
 """The pricing agent's work on one batch of `bids:requests`: price, store in one transaction, then reply.
 
-Order matters and is the durability contract: rows are committed first; only then are replies sent to
-each gateway and the stored bids published on `bids:priced`; the entries are acknowledged after that
-(by `redis_streams`). A crash anywhere before the acknowledgement redelivers the batch, and the unique
+Order matters and is the durability contract: rows are committed first; only then, in one MULTI/EXEC, are
+replies sent to each gateway, the stored bids published on `bids:priced` and the entries acknowledged.
+A crash anywhere before that redelivers the batch, and the unique
 `request_id` turns the second insert into a lookup of the row already stored: at-least-once delivery,
 exactly-once effect.
 """
@@ -108,7 +108,8 @@ class PricingHandler:
             stored, rejected = await self._store_one_by_one(priced)
             dead.extend(rejected)
             priced = [p for p in priced if p.event.request_id in stored]
-        await self._publish(priced, stored, dead)
+        await self._publish(priced, stored, dead, ack=batch.ack_command())
+        batch.mark_acknowledged()
         log.debug("batch of %d priced in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
 
     def _price(self, batch: Batch) -> tuple[list[PricedRequest], list[tuple[StreamEntry, str, BidRequested | None]]]:
@@ -131,15 +132,15 @@ class PricingHandler:
 
     async def _store(self, priced: Sequence[PricedRequest]) -> dict[str, StoredRow]:
         request_ids = [p.event.request_id for p in priced]
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                STORE_BATCH_SQL,
-                request_ids,
-                [p.event.product_id for p in priced],
-                [p.event.current_cpc for p in priced],
-                [p.event.target_roas for p in priced],
-                [p.adjusted_cpc for p in priced],
-            )
+        # One statement is one transaction (all rows or none): no BEGIN/COMMIT round trips needed.
+        rows = await self.pool.fetch(
+            STORE_BATCH_SQL,
+            request_ids,
+            [p.event.product_id for p in priced],
+            [p.event.current_cpc for p in priced],
+            [p.event.target_roas for p in priced],
+            [p.adjusted_cpc for p in priced],
+        )
         stored = {str(row["request_id"]): StoredRow(_priced_bid(row), row["same_request"]) for row in rows}
         missing = [rid for rid in set(request_ids) if rid not in stored]
         if missing:
@@ -164,6 +165,8 @@ class PricingHandler:
         priced: Sequence[PricedRequest],
         stored: dict[str, StoredRow],
         dead: Sequence[tuple[StreamEntry, str, BidRequested | None]],
+        *,
+        ack: Command,
     ) -> None:
         replies: dict[str, list[BidReply]] = defaultdict(list)
         commands: list[Command] = []
@@ -191,5 +194,7 @@ class PricingHandler:
                 replies[event.reply_to].append(BidReply(event.reply_id, error=BidReply.REJECTED))
         for reply_to, answers in replies.items():
             commands.append(xadd(reply_to, encode_replies(answers), maxlen=self.reply_stream_maxlen))
-        # MULTI/EXEC: the batch's replies and priced events become visible together, or not at all.
+        commands.append(ack)
+        # MULTI/EXEC: the replies, the priced events and the acknowledgement happen together or not at all,
+        # so a crash after the commit redelivers the batch without having published any of it.
         await execute_packed(self.redis, commands, transaction=True)

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,27 @@ class StreamEntry:
     fields: dict[str, str]
 
 
-Batch = Sequence[StreamEntry]
+class Batch(list[StreamEntry]):
+    """Entries read together from one consumer group.
+
+    The bridge acknowledges a batch after its handler returns. A handler that writes to Redis may instead
+    put `ack_command()` in its own MULTI/EXEC, so its output and the acknowledgement happen atomically (no
+    duplicate output if the process dies in between), and then call `mark_acknowledged()`.
+    """
+
+    def __init__(self, entries: Iterable[StreamEntry], stream: str, group: str) -> None:
+        super().__init__(entries)
+        self.stream = stream
+        self.group = group
+        self.acknowledged = False
+
+    def ack_command(self) -> tuple[str, ...]:
+        return ("XACK", self.stream, self.group, *(entry.id for entry in self))
+
+    def mark_acknowledged(self) -> None:
+        self.acknowledged = True
+
+
 BatchHandler = Callable[[Batch], Awaitable[None]]
 
 
@@ -101,7 +121,7 @@ class GroupReader:
     async def ensure_group(self) -> None:
         await ensure_group(self.redis, self.config.stream, self.config.group)
 
-    async def read(self) -> list[StreamEntry]:
+    async def read(self) -> Batch:
         """The next batch: this consumer's own pending entries first (after a restart), then new entries."""
         cfg = self.config
         response: Any
@@ -118,9 +138,9 @@ class GroupReader:
         response = await self.redis.xreadgroup(
             cfg.group, cfg.consumer, {cfg.stream: ">"}, count=cfg.batch_size, block=cfg.block_ms
         )
-        return self._track(_entries(response[0][1])) if response else []
+        return self._track(_entries(response[0][1]) if response else [])
 
-    async def reclaim(self) -> list[StreamEntry]:
+    async def reclaim(self) -> Batch:
         """Take over entries other consumers have held too long (XAUTOCLAIM), one batch per call."""
         cfg = self.config
         result: Any = await self.redis.xautoclaim(
@@ -135,14 +155,18 @@ class GroupReader:
         self._claim_cursor = next_cursor
         return self._track([entry for entry in _entries(claimed) if entry.id not in self._in_flight])
 
-    async def ack(self, entries: Batch) -> None:
+    async def ack(self, entries: Sequence[StreamEntry]) -> None:
         if entries:
             await self.redis.xack(self.config.stream, self.config.group, *(entry.id for entry in entries))
             self._in_flight.difference_update(entry.id for entry in entries)
 
-    def _track(self, entries: list[StreamEntry]) -> list[StreamEntry]:
+    def forget(self, entries: Batch) -> None:
+        """The entries were acknowledged elsewhere (inside the handler's own transaction)."""
+        self._in_flight.difference_update(entry.id for entry in entries)
+
+    def _track(self, entries: list[StreamEntry]) -> Batch:
         self._in_flight.update(entry.id for entry in entries)
-        return entries
+        return Batch(entries, self.config.stream, self.config.group)
 
 
 class GroupSource(mode.Service):
@@ -207,6 +231,9 @@ async def handle_until_done(reader: GroupReader, handler: BatchHandler, batch: B
         except Exception:
             log.exception("handler failed on %d entries of %s; retrying", len(batch), reader.config.stream)
             await asyncio.sleep(reader.config.retry_delay_s)
+    if batch.acknowledged:
+        reader.forget(batch)
+        return
     while True:
         try:
             await reader.ack(batch)

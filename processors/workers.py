@@ -37,11 +37,17 @@ class PostgresPool(mode.Service):
         return self._pool
 
     async def on_start(self) -> None:
-        self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=self.size)
+        self._pool = await asyncpg.create_pool(
+            self.database_url, min_size=1, max_size=self.size, reset=_keep_session_state
+        )
 
     async def on_stop(self) -> None:
         if self._pool is not None:
             await self._pool.close()
+
+
+async def _keep_session_state(_connection: asyncpg.Connection) -> None:
+    """The agents never change session state, so the pool's default reset (a round trip per release) is skipped."""
 
 
 def _require_urls(settings: Settings) -> tuple[str, str]:

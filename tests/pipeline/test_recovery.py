@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import aiohttp
 import asyncpg
 import psycopg
+import pytest
 import redis.asyncio as aioredis
 
 from processors.pricing import PricingHandler
@@ -19,35 +21,43 @@ from schema.events import BidRequested, decode_replies
 from tests.pipeline.conftest import Pipeline
 
 
-async def test_redelivered_batch_returns_the_stored_bids_and_adds_no_row(
+class DiesAfterCommit(PricingHandler):
+    async def _publish(self, *args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("the process died between the commit and the replies")
+
+
+async def test_batch_redelivered_after_commit_answers_from_the_table_and_adds_no_row(
     redis: aioredis.Redis, db: asyncpg.Pool
 ) -> None:
-    """The agent committed, then died before acking: the consumer that takes over answers from the table."""
     events = [
         BidRequested(str(uuid.uuid4()), "replies:test", f"r{i}", 900 + i, 1.5 + i, 150.0).to_fields() for i in range(5)
     ]
     for fields in events:
         await redis.xadd(keys.BID_REQUESTS, fields)  # type: ignore[arg-type]
-    handler = PricingHandler(db, redis, reply_stream_maxlen=1000)
     first = GroupReader(redis, GroupConfig(keys.BID_REQUESTS, keys.PRICING_GROUP, "first", claim_idle_ms=0))
     await first.ensure_group()
     batch = await first.read()
-    await handler(batch)  # committed and replied, never acknowledged
+    with pytest.raises(ConnectionError):
+        await DiesAfterCommit(db, redis, reply_stream_maxlen=1000)(batch)
+    committed = {str(r["request_id"]): r["id"] for r in await db.fetch(f"SELECT id, request_id FROM {BIDS_TABLE}")}
+    assert len(committed) == 5
+    assert await redis.xlen("replies:test") == 0
+    assert (await redis.xpending(keys.BID_REQUESTS, keys.PRICING_GROUP))["pending"] == 5
 
     second = GroupReader(redis, GroupConfig(keys.BID_REQUESTS, keys.PRICING_GROUP, "second", claim_idle_ms=0))
     reclaimed = await second.reclaim()
     assert [e.id for e in reclaimed] == [e.id for e in batch]
-    await handler(reclaimed)
-    await second.ack(reclaimed)
+    await PricingHandler(db, redis, reply_stream_maxlen=1000)(reclaimed)
 
     assert await db.fetchval(f"SELECT count(*) FROM {BIDS_TABLE}") == 5
-    replies = [reply for _, f in await redis.xrange("replies:test") for reply in decode_replies(f)]
-    by_request: dict[str, set[int | None]] = {}
-    for reply in replies:
-        by_request.setdefault(reply.reply_id, set()).add(reply.bid_id)
-        assert reply.error is None
-    assert len(replies) == 10
-    assert all(len(bid_ids) == 1 for bid_ids in by_request.values())  # the same bid id both times
+    replies = {reply.reply_id: reply for _, f in await redis.xrange("replies:test") for reply in decode_replies(f)}
+    assert set(replies) == {f"r{i}" for i in range(5)}
+    for i, fields in enumerate(events):
+        assert replies[f"r{i}"].bid_id == committed[fields["request_id"]]
+        assert replies[f"r{i}"].error is None
+    assert await redis.xlen(keys.BIDS_PRICED) == 5
+    # Acknowledged inside the same MULTI/EXEC as the replies.
+    assert (await redis.xpending(keys.BID_REQUESTS, keys.PRICING_GROUP))["pending"] == 0
 
 
 async def test_undecodable_entry_is_dead_lettered_without_blocking_the_batch(
