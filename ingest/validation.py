@@ -68,10 +68,15 @@ def _whole_number(value: Any) -> int | None:
     except (ValueError, OverflowError):
         return None
     if isinstance(value, str):
-        # Decimal strings of whole numbers keep full precision (floats lose it above 2**53).
+        # Decimal strings of whole numbers keep full precision (floats lose it above 2**53). Longer than
+        # 2**63 - 1 can be is out of range anyway (and int() refuses strings over 4300 digits).
         text = value.strip()
-        if text.lstrip("+-").isdigit():
-            return int(text)
+        digits = text.lstrip("+-")
+        if digits.isdigit():
+            significant = digits.lstrip("0") or "0"
+            if len(significant) > 19:
+                return None
+            return -int(significant) if text.startswith("-") else int(significant)
     return int(number) if math.isfinite(number) and number.is_integer() else None
 
 

@@ -61,7 +61,7 @@ def build_pricing_app(settings: Settings, *, consumer: str | None = None) -> Str
     redis_url, database_url = _require_urls(settings)
     app = create_app("bidengine-pricing")
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    postgres = PostgresPool(database_url, size=2)
+    postgres = PostgresPool(database_url, size=settings.pricing_concurrency)
     app.service(postgres)  # type: ignore[arg-type]  # started before the source below, so the pool is ready
 
     handlers: list[PricingHandler] = []
@@ -82,6 +82,7 @@ def build_pricing_app(settings: Settings, *, consumer: str | None = None) -> Str
             block_ms=settings.pricing_block_ms,
             claim_idle_ms=settings.claim_idle_ms,
             claim_interval_s=min(5.0, settings.claim_idle_ms / 2000),
+            concurrency=settings.pricing_concurrency,
         ),
         price,
         name="price_bids",

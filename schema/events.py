@@ -28,7 +28,12 @@ def _get(fields: Fields, name: str) -> str:
 
 def money(value: Decimal | float) -> str:
     """Format an amount with exactly two decimals, as stored in PostgreSQL."""
-    return f"{Decimal(str(value)).quantize(Decimal('0.01'))}"
+    if isinstance(value, float):
+        value = Decimal(repr(value))
+    return f"{value.quantize(_CENT)}"
+
+
+_CENT = Decimal("0.01")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ and reads one reply per command. It is deliberately small: no retries, no comman
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,7 +29,9 @@ def xadd(stream: str, fields: Mapping[str, str], *, maxlen: int | None = None) -
     return ("XADD", *flat)
 
 
-async def execute_packed(redis: aioredis.Redis, commands: Sequence[Command], *, transaction: bool = False) -> list[Any]:
+async def execute_packed(
+    redis: aioredis.Redis, commands: Sequence[Command], *, transaction: bool = False, timeout_s: float = 10.0
+) -> list[Any]:
     """Send `commands` in one write and return their replies (error replies come back as exceptions).
 
     With `transaction`, they run inside MULTI/EXEC and the list holds EXEC's replies. If the connection
@@ -41,8 +45,10 @@ async def execute_packed(redis: aioredis.Redis, commands: Sequence[Command], *, 
     pool: Any = redis.connection_pool
     connection: Any = await pool.get_connection()
     try:
-        await connection.send_packed_command(packed, check_health=False)
-        replies = [await _reply(connection) for _ in to_send]
+        # One deadline for the whole exchange: redis-py would otherwise arm a timer for every reply.
+        async with asyncio.timeout(timeout_s):
+            await connection.send_packed_command(packed, check_health=False)
+            replies = [await _reply(connection) for _ in to_send]
     except BaseException:
         # Unread replies would be returned to the next user of this connection: drop it instead.
         await connection.disconnect()
@@ -59,6 +65,6 @@ async def execute_packed(redis: aioredis.Redis, commands: Sequence[Command], *, 
 
 async def _reply(connection: Any) -> Any:
     try:
-        return await connection.read_response()
+        return await connection.read_response(timeout=math.inf)
     except ResponseError as exc:
         return exc

@@ -35,6 +35,7 @@ class Settings:
     # Pricing agent (processors/).
     pricing_batch_size: int = 1000
     pricing_block_ms: int = 100
+    pricing_concurrency: int = 1
     claim_idle_ms: int = 15_000
     reply_stream_maxlen: int = 100_000
     priced_retention_s: int = 24 * 3600
