@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,7 +23,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ingest.backends import BackendMonitor
-from ingest.publisher import StreamPublisher
+from ingest.publisher import PublishFailed, StreamPublisher
 from ingest.replies import ReplyRouter, ReplyTimeout
 from ingest.validation import BidValidationError, parse_bid
 from schema import keys
@@ -43,8 +44,11 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 
 def request_id_for(idempotency_key: str | None) -> str:
+    """A fresh random UUID, or the one the key always maps to (so a retry names the same stored bid)."""
     if idempotency_key is None:
-        return str(uuid.uuid4())
+        # random.getrandbits instead of uuid4(): no os.urandom system call per bid; 122 random bits from a
+        # generator seeded per process by os.urandom are as collision-free for ids (not secrets).
+        return str(uuid.UUID(int=random.getrandbits(128), version=4))
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key))
 
 
@@ -97,14 +101,12 @@ class Gateway:
         reply_id = str(next(self._reply_ids))
         event = BidRequested(request_id, self.reply_stream, reply_id, bid.product_id, bid.current_cpc, bid.target_roas)
         waiter = self.replies.expect(reply_id)
-        try:
-            await self.publisher.publish(event.to_fields())
-        except (RedisError, OSError) as exc:
-            self.replies.forget(reply_id)
-            log.warning("publishing a bid failed: %s", exc)
-            return self.unavailable("Redis is unreachable")
+        self.publisher.publish(event.to_fields(), waiter)
         try:
             reply = await waiter
+        except PublishFailed as exc:
+            log.warning("publishing a bid failed: %s", exc)
+            return self.unavailable("Redis is unreachable")
         except ReplyTimeout:
             return _json(
                 504,

@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from redis import asyncio as aioredis
 
 from schema.redis_pipe import execute_packed, xadd
 
 
+class PublishFailed(Exception):
+    """Redis did not take the entry: the bid never entered the pipeline."""
+
+
 class StreamPublisher:
-    """`await publish(fields)` returns once Redis has the entry (or raises the Redis error for it)."""
+    """`publish(fields, waiter)` queues an entry; if Redis refuses it, `waiter` fails with `PublishFailed`.
+
+    The request then awaits only its reply: a second await for the XADD itself would cost every request
+    one more task switch, and a failed XADD is reported through the same future anyway.
+    """
 
     def __init__(self, redis: aioredis.Redis, stream: str) -> None:
         self.redis = redis
         self.stream = stream
-        self._pending: list[tuple[dict[str, str], asyncio.Future[None]]] = []
+        self._pending: list[tuple[dict[str, str], asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def publish(self, fields: dict[str, str]) -> None:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+    def publish(self, fields: dict[str, str], waiter: asyncio.Future[Any]) -> None:
         if not self._pending:
             # The first entry of a tick schedules the flush; the rest of the tick's requests join it.
-            loop.call_soon(self._flush_soon)
-        self._pending.append((fields, future))
-        await future
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+        self._pending.append((fields, waiter))
 
     def _flush_soon(self) -> None:
         batch, self._pending = self._pending, []
@@ -33,19 +39,11 @@ class StreamPublisher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _flush(self, batch: list[tuple[dict[str, str], asyncio.Future[None]]]) -> None:
-        commands = [xadd(self.stream, fields) for fields, _ in batch]
+    async def _flush(self, batch: list[tuple[dict[str, str], asyncio.Future[Any]]]) -> None:
         try:
-            results = await execute_packed(self.redis, commands)
-        except Exception as exc:  # the connection failed: every entry of the batch failed
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(None)
+            results = await execute_packed(self.redis, [xadd(self.stream, fields) for fields, _ in batch])
+        except Exception as exc:  # the connection failed: no entry of the batch can be trusted to be there
+            results = [exc] * len(batch)
+        for (_, waiter), result in zip(batch, results, strict=True):
+            if isinstance(result, Exception) and not waiter.done():
+                waiter.set_exception(PublishFailed(str(result)))

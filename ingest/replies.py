@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schema.events import BidReply, EventDecodeError, decode_replies
+from schema.redis_pipe import execute_packed, read_entries
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,14 @@ class ReplyRouter:
         last_upkeep = 0.0
         while True:
             try:
-                response: Any = await self.redis.xread({self.stream: last_id}, count=1000, block=1000)
-                for _, entries in response or ():
-                    for entry_id, fields in entries:
-                        last_id = entry_id
+                (response,) = await execute_packed(
+                    self.redis, [("XREAD", "COUNT", 1000, "BLOCK", 1000, "STREAMS", self.stream, last_id)]
+                )
+                if isinstance(response, Exception):
+                    raise response
+                for entry_id, fields in read_entries(response):
+                    last_id = entry_id
+                    if fields is not None:
                         self._deliver(fields)
                 now = time.monotonic()
                 if now - last_upkeep > 1.0:

@@ -40,7 +40,7 @@ import mode
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from schema.redis_pipe import execute_packed
+from schema.redis_pipe import execute_packed, read_entries
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +96,9 @@ def default_consumer_name(prefix: str) -> str:
     return f"{prefix}-{socket.gethostname()}-{os.getpid()}"
 
 
-def _entries(raw: Sequence[Sequence[Any]]) -> list[StreamEntry]:
-    """Entries from a raw RESP2 reply ([id, [field, value, ...]]) or redis-py's parsed one ((id, dict))."""
-    entries = []
-    for entry_id, values in raw:
-        if values is None:  # trimmed away while pending: nothing is left to process
-            continue
-        fields = dict(zip(values[::2], values[1::2], strict=True)) if isinstance(values, list) else values
-        entries.append(StreamEntry(entry_id, fields))
-    return entries
+def _entries(raw: Sequence[tuple[str, dict[str, str] | None]]) -> list[StreamEntry]:
+    # An entry trimmed away while pending comes back with no fields; there is nothing left to process.
+    return [StreamEntry(entry_id, fields) for entry_id, fields in raw if fields is not None]
 
 
 async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
@@ -142,7 +136,7 @@ class GroupReader:
             self._own_pending_cursor = None
         return self._track(_entries(await self._read_group(">", block_ms=self.config.block_ms)))
 
-    async def _read_group(self, start: str, *, block_ms: int | None) -> list[Any]:
+    async def _read_group(self, start: str, *, block_ms: int | None) -> list[tuple[str, dict[str, str] | None]]:
         # Sent through execute_packed: redis-py's XREADGROUP reply parsing cost more than the rest of a bid.
         cfg = self.config
         block = ("BLOCK", block_ms) if block_ms is not None else ()
@@ -152,10 +146,7 @@ class GroupReader:
         )
         if isinstance(reply, Exception):
             raise reply
-        if not reply:
-            return []
-        # RESP3 answers {stream: entries}; RESP2 [[stream, entries]].
-        return list(next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1])
+        return read_entries(reply)
 
     async def reclaim(self) -> Batch:
         """Take over entries other consumers have held too long (XAUTOCLAIM), one batch per call."""

@@ -68,3 +68,18 @@ async def _reply(connection: Any) -> Any:
         return await connection.read_response(timeout=math.inf)
     except ResponseError as exc:
         return exc
+
+
+def read_entries(reply: Any) -> list[tuple[str, dict[str, str] | None]]:
+    """The entries of a raw XREAD/XREADGROUP reply for one stream, as (id, fields) pairs.
+
+    RESP3 answers {stream: entries}, RESP2 [[stream, entries]]; each entry is [id, [field, value, ...]],
+    with no fields for an entry trimmed away while pending.
+    """
+    if not reply:
+        return []
+    raw = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    return [
+        (entry_id, dict(zip(values[::2], values[1::2], strict=True)) if values is not None else None)
+        for entry_id, values in raw
+    ]
