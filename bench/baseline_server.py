@@ -50,7 +50,7 @@ def main() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = web.Application()
     app.router.add_post("/api/bid/", bid)
-    app.router.add_get("/health", health)
+    app.router.add_get("/ready", health)
     app.cleanup_ctx.append(pool_context)
     web.run_app(app, host="127.0.0.1", port=settings.gateway_port, access_log=None, print=None)
 

@@ -38,7 +38,13 @@ class PostgresPool(mode.Service):
 
     async def on_start(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self.database_url, min_size=1, max_size=self.size, reset=_keep_session_state
+            self.database_url,
+            min_size=1,
+            max_size=self.size,
+            reset=_keep_session_state,
+            # Plan each batch statement for the table as it is now: a generic plan cached while the table was
+            # empty (a fresh install) would keep scanning the whole table for existing request ids.
+            server_settings={"plan_cache_mode": "force_custom_plan"},
         )
 
     async def on_stop(self) -> None:
