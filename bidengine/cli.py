@@ -49,10 +49,18 @@ def _monitor(settings: Settings, _args: argparse.Namespace) -> int:
     return main(settings)
 
 
-def _run_all(settings: Settings, _args: argparse.Namespace) -> int:
+def _run_all(settings: Settings, args: argparse.Namespace) -> int:
     from bidengine.supervisor import run_all
 
-    return run_all(settings)
+    return run_all(settings, fake_source=args.fake_source)
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fake-source",
+        action="store_true",
+        help="point the competitor monitor at the bundled offline products API (machines without internet)",
+    )
 
 
 def _audit_report(settings: Settings, _args: argparse.Namespace) -> int:
@@ -103,6 +111,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
 
 # The options of the commands that take any.
 COMMAND_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "run": _run_options,
     "audit-stats": _audit_stats_options,
     "seed": _seed_options,
 }

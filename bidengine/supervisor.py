@@ -15,7 +15,7 @@ import sys
 import time
 from types import FrameType
 
-from bidengine.embedded import servers
+from bidengine.embedded import free_port, servers
 from schema.database import apply_migrations
 from schema.settings import Settings
 
@@ -32,7 +32,7 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def run_all(settings: Settings, roles: tuple[str, ...] = ROLES) -> int:
+def run_all(settings: Settings, roles: tuple[str, ...] = ROLES, *, fake_source: bool = False) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     with servers(settings.redis_url, settings.database_url) as (redis_url, database_url):
         applied = apply_migrations(database_url)
@@ -41,6 +41,13 @@ def run_all(settings: Settings, roles: tuple[str, ...] = ROLES) -> int:
         processes: dict[str, subprocess.Popen[bytes]] = {}
         exit_code = 0
         try:
+            if fake_source:
+                port = free_port()
+                processes["fake products API"] = subprocess.Popen(
+                    [sys.executable, "-m", "monitor.fake_api", "--port", str(port)], env=env
+                )
+                env["MONITOR_SOURCE_URL"] = f"http://127.0.0.1:{port}/products"
+                log.info("competitor monitor polls the offline products API at %s", env["MONITOR_SOURCE_URL"])
             for role in roles:
                 processes[role] = subprocess.Popen([sys.executable, "-m", "bidengine.cli", role], env=env)
                 log.info("started %s (pid %d)", role, processes[role].pid)
