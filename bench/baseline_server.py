@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import uvloop
@@ -37,7 +38,7 @@ async def health(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def pool_context(app: web.Application) -> object:
+async def pool_context(app: web.Application) -> AsyncIterator[None]:
     settings = Settings.from_env()
     assert settings.database_url
     app[POOL] = await asyncpg.create_pool(settings.database_url, min_size=20, max_size=20)
