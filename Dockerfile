@@ -56,7 +56,8 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && bidengine --help >/dev/null
 
 # Health of whichever role runs in this container (Docker / compose only; Kubernetes uses the chart's probes):
-# the gateway and the monitor answer GET /health; the agents (no HTTP port) need Redis to be reachable.
+# the gateway and the monitor answer GET /health; the agents (no HTTP port) run `bidengine probe <role>`
+# (their heartbeat file is recent); any other role needs Redis to be reachable.
 COPY --chmod=0755 <<'EOF' /usr/local/bin/bidengine-healthcheck
 #!/usr/bin/env python3
 """Exit 0 when the bidengine process in this container is healthy, 1 otherwise."""
@@ -66,6 +67,7 @@ import urllib.request
 from pathlib import Path
 
 HTTP_ROLES = {"gateway": ("GATEWAY_PORT", 8000), "monitor": ("MONITOR_PORT", 3001)}
+HEARTBEAT_ROLES = {"pricing-agent", "audit-agent"}
 
 
 def running_role():
@@ -98,6 +100,10 @@ def main():
         except Exception as exc:  # HTTPError (503), connection refused, timeout
             print(f"{url}: {exc}", file=sys.stderr)
             return 1
+    if role in HEARTBEAT_ROLES:
+        from bidengine.cli import main as bidengine
+
+        return bidengine(["probe", role])
     import redis
 
     url = os.environ.get("REDIS_URL")

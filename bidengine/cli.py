@@ -97,6 +97,32 @@ def _seed_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--products", type=int, default=50_000)
 
 
+def _probe(_settings: Settings, args: argparse.Namespace) -> int:
+    # Runs every few seconds in an agent's pod: the standard library and the tiny heartbeat module only.
+    import os
+    import time
+
+    from processors.heartbeat import heartbeat_path
+
+    path = heartbeat_path(args.role)
+    try:
+        age_s = time.time() - os.stat(path).st_mtime
+    except OSError as exc:
+        print(f"{args.role}: no heartbeat ({exc})", file=sys.stderr)
+        return 1
+    if age_s > args.max_age_s:
+        print(f"{args.role}: heartbeat {path} is {age_s:.0f}s old (max {args.max_age_s:g}s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _probe_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("role", choices=["pricing-agent", "audit-agent"], help="the agent whose heartbeat to check")
+    parser.add_argument(
+        "--max-age-s", type=float, default=30.0, help="fail when the heartbeat file is older than this (seconds)"
+    )
+
+
 COMMANDS: dict[str, tuple[Command, str]] = {
     "run": (_run_all, "run the whole system (embedded Redis/PostgreSQL when no URLs are given)"),
     "migrate": (_migrate, "apply pending database migrations"),
@@ -107,6 +133,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "audit-report": (_audit_report, "run the daily budget audit now (report on stdout, summary to Redis)"),
     "audit-stats": (_audit_stats, "print the audit agent's windowed aggregates"),
     "seed": (_seed, "append realistic bids to the database (COPY), e.g. --rows 1000000 --days 90"),
+    "probe": (_probe, "liveness of a running agent: exit 1 unless its heartbeat file is recent"),
 }
 
 # The options of the commands that take any.
@@ -114,6 +141,7 @@ COMMAND_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "run": _run_options,
     "audit-stats": _audit_stats_options,
     "seed": _seed_options,
+    "probe": _probe_options,
 }
 
 

@@ -181,6 +181,7 @@ def register_daily_report(app: Any, settings: Settings, redis: aioredis.Redis) -
 def build_audit_app(settings: Settings, *, consumer: str | None = None) -> StreamsApp:
     """The audit worker: the `audit` group on `bids:priced` -> flags and aggregates, plus the daily report."""
     from processors.app import create_app
+    from processors.heartbeat import heartbeat_path
     from processors.redis_streams import GroupConfig, default_consumer_name, group_agent
 
     if not settings.redis_url or not settings.database_url:
@@ -196,6 +197,7 @@ def build_audit_app(settings: Settings, *, consumer: str | None = None) -> Strea
             consumer=consumer or default_consumer_name("audit"),
             batch_size=settings.audit_batch_size,
             claim_idle_ms=settings.claim_idle_ms,
+            heartbeat_file=heartbeat_path("audit-agent"),
         ),
         make_handler(redis),
         name="audit_bids",

@@ -23,6 +23,13 @@ Guarantees, for every entry of the stream:
 A handler that fails is retried after `retry_delay_s` with the same batch (a database that is briefly away
 does not lose or reorder work); entries that can never succeed must be handled by the handler itself
 (dead-lettered and acknowledged), since a poisoned entry would otherwise be retried forever.
+
+Liveness. With `heartbeat_file` set, the source touches that file (at most once a second) each time its read
+loop completes an iteration: a read returned (empty or not) and its batch, if any, was accepted by the channel.
+`bidengine probe <role>` fails when the file is older than its `--max-age-s`. Since the channel is bounded, a
+handler stuck forever stops the loop, hence the heartbeat, and the pod is restarted. A Redis outage stops it too
+(reads fail): the probe's failure threshold (times its period, plus the max age) must exceed the outage to be
+tolerated without restarting every agent.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -89,6 +98,8 @@ class GroupConfig:
     read_ahead: int = 1
     concurrency: int = 1
     retry_delay_s: float = 1.0
+    # Touched by the source while it reads and hands batches on (see "Liveness" above); None: no heartbeat.
+    heartbeat_file: str | None = None
 
 
 def default_consumer_name(prefix: str) -> str:
@@ -183,6 +194,8 @@ class GroupSource(mode.Service):
     def __init__(self, reader: GroupReader, channel: faust.ChannelT[Any], **kwargs: Any) -> None:
         self.reader = reader
         self.channel = channel
+        self._heartbeat_file = reader.config.heartbeat_file
+        self._last_beat = float("-inf")
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
@@ -211,6 +224,19 @@ class GroupSource(mode.Service):
                 continue
             if batch:
                 await self.channel.send(value=batch)
+            if self._heartbeat_file is not None:
+                self._beat(self._heartbeat_file)
+
+    def _beat(self, path: str) -> None:
+        """Touch the heartbeat file, at most once a second (a read loop may turn hundreds of times a second)."""
+        now = time.monotonic()
+        if now - self._last_beat < 1.0:
+            return
+        self._last_beat = now
+        try:
+            Path(path).touch()
+        except OSError as exc:  # a full or read-only /tmp: the probe will report it, the agent keeps working
+            log.warning("cannot touch heartbeat file %s: %s", path, exc)
 
     @mode.Service.task
     async def _reclaim_loop(self) -> None:

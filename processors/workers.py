@@ -13,6 +13,7 @@ import mode
 from redis import asyncio as aioredis
 
 from processors.app import StreamsApp, create_app
+from processors.heartbeat import heartbeat_path
 from processors.pricing import PricingHandler
 from processors.redis_streams import Batch, GroupConfig, default_consumer_name, group_agent, trim_processed
 from schema import keys
@@ -89,6 +90,7 @@ def build_pricing_app(settings: Settings, *, consumer: str | None = None) -> Str
             claim_idle_ms=settings.claim_idle_ms,
             claim_interval_s=min(5.0, settings.claim_idle_ms / 2000),
             concurrency=settings.pricing_concurrency,
+            heartbeat_file=heartbeat_path("pricing-agent"),
         ),
         price,
         name="price_bids",

@@ -152,23 +152,52 @@ def test_http_probes_and_ports(values_name: str) -> None:
         assert env[f"{prefix}_PORT"]["value"] == str(port)
 
 
-def agent_probe(docs: tuple[Manifest, ...] | list[Manifest], agent: str) -> list[str]:
+def agent_probe(docs: tuple[Manifest, ...] | list[Manifest], agent: str, probe: str = "livenessProbe") -> list[str]:
     (container,) = of_kind(docs, "Deployment")[f"{RELEASE}-{agent}"]["spec"]["template"]["spec"]["containers"]
-    command: list[str] = container["livenessProbe"]["exec"]["command"]
+    command: list[str] = container[probe]["exec"]["command"]
     return command
 
 
 def test_agent_probe_command_is_a_value() -> None:
-    custom = ["bidengine", "probe", "pricing-agent"]
-    docs = render_chart({"agentProbeCommand": custom, "components": {"auditAgent": {"probeCommand": ["true"]}}})
-    assert agent_probe(docs, "pricing-agent") == custom
+    custom = ["bidengine", "probe", "audit-agent"]
+    docs = render_chart(
+        {
+            "agentProbeCommand": custom,
+            "components": {"pricingAgent": {"probeCommand": []}, "auditAgent": {"probeCommand": ["true"]}},
+        }
+    )
+    assert agent_probe(docs, "pricing-agent") == custom  # no own probeCommand: the chart's default
     assert agent_probe(docs, "audit-agent") == ["true"]
 
 
 @pytest.mark.parametrize("agent", ["pricing-agent", "audit-agent"])
-def test_default_agent_probe_checks_redis(agent: str, redis_server_url: str, tmp_path: Path) -> None:
-    """The rendered exec probe, run as the kubelet would: passes with Redis up, fails with it unreachable."""
+def test_agent_probes_check_the_heartbeat(values_name: str, agent: str) -> None:
+    """Liveness and readiness of an agent are `bidengine probe <agent>`, its heartbeat file in the emptyDir /tmp."""
+    docs = rendered(values_name)
+    for probe in ("livenessProbe", "readinessProbe"):
+        command = agent_probe(docs, agent, probe)
+        assert command == ["bidengine", "probe", agent], probe
+        assert_bidengine_command(command, f"{agent} {probe}")
+
+
+@pytest.mark.parametrize("agent", ["pricing-agent", "audit-agent"])
+def test_default_agent_probe_runs(agent: str, tmp_path: Path) -> None:
+    """The rendered exec probe, run as the kubelet would: fails without a heartbeat file, passes with a fresh one."""
     command = agent_probe(rendered("production"), agent)
+    argv = [sys.executable, "-m", "bidengine.cli", *command[1:]]
+    env = {"TMPDIR": str(tmp_path)}
+    missing = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert missing.returncode == 1
+    assert "no heartbeat" in missing.stderr
+    (tmp_path / f"bidengine-{agent}.alive").touch()
+    fresh = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert fresh.returncode == 0, fresh.stderr
+
+
+def test_fallback_agent_probe_checks_redis(redis_server_url: str) -> None:
+    """`agentProbeCommand`, for a component without its own probeCommand: passes with Redis up, fails without."""
+    docs = render_chart({"components": {"pricingAgent": {"probeCommand": []}}})
+    command = agent_probe(docs, "pricing-agent")
     assert command[0] == "python"
     argv = [sys.executable, *command[1:]]
     up = subprocess.run(argv, env={"REDIS_URL": redis_server_url}, capture_output=True, timeout=30, check=False)

@@ -195,12 +195,23 @@ def test_healthcheck_http_roles(
 
 
 @pytest.mark.parametrize("role", ["pricing-agent", "audit-agent"])
-def test_healthcheck_agents_need_redis(healthcheck_script: Path, redis_server_url: str, role: str) -> None:
-    ok = run_healthcheck(healthcheck_script, {"BIDENGINE_ROLE": role, "REDIS_URL": redis_server_url})
+def test_healthcheck_agents_need_a_heartbeat(healthcheck_script: Path, role: str, tmp_path: Path) -> None:
+    """The agents' healthcheck is `bidengine probe <role>`: a recent heartbeat file, whatever Redis does."""
+    env = {"BIDENGINE_ROLE": role, "TMPDIR": str(tmp_path)}
+    missing = run_healthcheck(healthcheck_script, env)
+    assert missing.returncode == 1
+    assert "no heartbeat" in missing.stderr
+    (tmp_path / f"bidengine-{role}.alive").touch()
+    ok = run_healthcheck(healthcheck_script, env)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_healthcheck_other_roles_need_redis(healthcheck_script: Path, redis_server_url: str) -> None:
+    ok = run_healthcheck(healthcheck_script, {"BIDENGINE_ROLE": "run", "REDIS_URL": redis_server_url})
     assert ok.returncode == 0, ok.stderr
     down = f"redis://127.0.0.1:{free_port()}/0"
-    assert run_healthcheck(healthcheck_script, {"BIDENGINE_ROLE": role, "REDIS_URL": down}).returncode == 1
-    assert run_healthcheck(healthcheck_script, {"BIDENGINE_ROLE": role}).returncode == 1
+    assert run_healthcheck(healthcheck_script, {"BIDENGINE_ROLE": "run", "REDIS_URL": down}).returncode == 1
+    assert run_healthcheck(healthcheck_script, {"BIDENGINE_ROLE": "run"}).returncode == 1
 
 
 def test_healthcheck_finds_the_role_from_the_process_table(
