@@ -8,6 +8,7 @@ in order, capped approximately (`MAXLEN ~`, which lets Redis trim whole nodes ch
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,8 @@ import redis.asyncio as aioredis
 
 from schema.competitor import STREAM_RECORD_FIELD, CompetitorPrice
 from schema.keys import COMPETITOR_PRICES_LIST, COMPETITOR_PRICES_STREAM
+
+log = logging.getLogger(__name__)
 
 
 async def publish(
@@ -43,6 +46,20 @@ async def publish(
 
 
 async def latest(redis: aioredis.Redis, limit: int) -> list[dict[str, Any]]:
-    """The `limit` newest records, newest first, exactly as list consumers read them."""
+    """The `limit` newest records, newest first, exactly as list consumers read them.
+
+    Elements that are not JSON objects (written by something other than the monitor) are skipped and
+    logged, so one foreign value cannot take `/prices` down.
+    """
     payloads: list[str | bytes] = await redis.lrange(COMPETITOR_PRICES_LIST, 0, limit - 1)
-    return [json.loads(payload) for payload in payloads]
+    records = []
+    for payload in payloads:
+        try:
+            record = json.loads(payload)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            log.warning("skipping a %s element that is not a JSON object: %.80r", COMPETITOR_PRICES_LIST, payload)
+    return records

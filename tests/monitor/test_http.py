@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import redis.asyncio as aioredis
 
 from bidengine.embedded import free_port
 from monitor.fake_api import Fault, RunningFakeApi
@@ -100,6 +101,21 @@ async def test_prices_returns_the_newest_records(make_monitor: MonitorFactory, h
     assert (default["limit"], default["count"]) == (10, 10)
     assert [r["productId"] for r in three["prices"]] == [1, 2, 3]
     assert set(three["prices"][0]) >= {"productId", "price", "brand", "timestamp", "source"}
+
+
+async def test_prices_skips_foreign_list_elements(
+    make_monitor: MonitorFactory, http_client: HttpClientFactory, redis: aioredis.Redis
+) -> None:
+    monitor = make_monitor()
+    client = await http_client(monitor)
+    await monitor.poll_once()
+    await redis.lpush("competitor_prices", "not json", "[1, 2]")
+
+    response = await client.get("/prices?limit=4")
+    body = await response.json()
+
+    assert response.status == 200
+    assert [r["productId"] for r in body["prices"]] == [1, 2]
 
 
 @pytest.mark.parametrize("bad", ["abc", "0", "-5", "1.5", ""])
