@@ -66,7 +66,7 @@ class ReplyRouter:
                 if now - last_upkeep > 1.0:
                     last_upkeep = now
                     await self._upkeep(last_id)
-            except RedisError as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("reading replies from %s failed, retrying: %s", self.stream, exc)
                 await asyncio.sleep(0.5)
 

@@ -218,7 +218,7 @@ class GroupSource(mode.Service):
                 )
                 await self.reader.ensure_group()
                 continue
-            except RedisError as exc:
+            except (RedisError, OSError, TimeoutError) as exc:  # a packed read times out with TimeoutError
                 log.warning("reading %s failed, retrying: %s", self.reader.config.stream, exc)
                 await self.sleep(self.reader.config.retry_delay_s)
                 continue
@@ -244,7 +244,7 @@ class GroupSource(mode.Service):
             await self.sleep(self.reader.config.claim_interval_s)
             try:
                 claimed = await self.reader.reclaim()
-            except RedisError as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("reclaiming on %s failed: %s", self.reader.config.stream, exc)
                 continue
             if claimed:
@@ -272,7 +272,7 @@ async def handle_until_done(reader: GroupReader, handler: BatchHandler, batch: B
         try:
             await reader.ack(batch)
             return
-        except RedisError as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             # Unacked entries would be redelivered and handled again (harmless: handlers are idempotent),
             # but retrying the ack avoids that work.
             log.warning("acknowledging on %s failed, retrying: %s", reader.config.stream, exc)
