@@ -36,7 +36,6 @@ class BidInput:
     product_id: int
     current_cpc: float
     target_roas: float
-    adjusted_cpc: float
 
 
 def _reject_constant(name: str) -> Any:
@@ -113,7 +112,7 @@ def validate_bid(document: dict[str, Any]) -> BidInput:
     adjusted = calculate_adjusted_cpc(cpc, roas)
     if adjusted > MAX_MONEY:
         raise BidValidationError([f"adjusted CPC {adjusted:.2f} is too large to store (at most {MAX_MONEY:.2f})"])
-    return BidInput(whole, cpc, roas, adjusted)
+    return BidInput(whole, cpc, roas)
 
 
 def parse_bid(body: bytes) -> BidInput:

@@ -30,7 +30,6 @@ class Settings:
     max_in_flight: int = 20_000
     max_pricing_lag: int = 200_000
     retry_after_s: int = 1
-    database_pool_size: int = 4
 
     # Pricing agent (processors/).
     pricing_batch_size: int = 1000
