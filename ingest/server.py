@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from aiohttp import web
 from redis import asyncio as aioredis
 
 from ingest.app import create_app
+from ingest.edge import serve
 from schema.settings import Settings
 
 
@@ -30,11 +30,5 @@ def main(settings: Settings) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    web.run_app(
-        app,
-        host=settings.gateway_host,
-        port=settings.gateway_port,
-        access_log=None,  # one log line per bid would cost more than the bid itself
-        print=None,
-    )
+    serve(app, settings)  # read deadlines, half-close, connection cap, JSON errors: ingest/edge.py
     return 0

@@ -30,6 +30,15 @@ class Settings:
     max_in_flight: int = 20_000
     max_pricing_lag: int = 200_000
     retry_after_s: int = 1
+    # The HTTP edge (ingest/edge.py): read deadlines and connection bounds, so that no client can hold the
+    # gateway's memory or a connection for long. A request's headers must arrive within HEADER_TIMEOUT_S
+    # of its first byte, its body within BODY_TIMEOUT_S of the end of its headers (then 408 and close);
+    # an idle keep-alive connection is closed after KEEPALIVE_TIMEOUT_S.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 75.0
+    max_header_bytes: int = 32 * 1024
+    max_connections: int = 2048
 
     # Pricing agent (processors/).
     pricing_batch_size: int = 1000
