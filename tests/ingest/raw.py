@@ -178,3 +178,13 @@ def exchange(
     if half_close:
         connection.half_close()
     return connection.finish(timeout_s)
+
+
+def request_once(address: tuple[str, int], request: bytes, timeout_s: float = 30.0) -> Response:
+    """Send one request and return its final response, without waiting for the connection to end."""
+    connection = Connection(address, timeout_s)
+    try:
+        connection.send(request)
+        return connection.read_responses(1)[-1]
+    finally:
+        connection.sock.close()

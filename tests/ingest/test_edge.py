@@ -24,7 +24,7 @@ from tests.ingest.conftest import (
     MAX_HEADER_BYTES,
     Edge,
 )
-from tests.ingest.raw import BID, Connection, bid_body, chunked_head, exchange, get, post
+from tests.ingest.raw import BID, Connection, bid_body, chunked_head, exchange, get, post, request_once
 
 MAX_BODY_BYTES = 16 * 1024
 LATE_S = 15.0  # how late past a deadline an answer may come on a loaded machine
@@ -38,7 +38,7 @@ def deflate_raw(data: bytes) -> bytes:
 def assert_error(edge: Edge, request: bytes, status: int) -> list[str]:
     """Send a request that must be refused: its status, a JSON error body, and nothing stored."""
     before = edge.snapshot()
-    response = exchange(edge.address, [request], timeout_s=5.0).final
+    response = request_once(edge.address, request)
     assert response.status == status, response
     errors = response.errors()
     edge.assert_nothing_stored(before)
@@ -416,7 +416,7 @@ def test_unknown_path_is_a_json_404(edge: Edge) -> None:
 def test_wrong_method_is_a_json_405_with_allow(edge: Edge, method: str) -> None:
     before = edge.snapshot()
     request = f"{method} /api/bid/ HTTP/1.1\r\nHost: x\r\nContent-Length: {len(BID)}\r\n\r\n".encode() + BID
-    response = exchange(edge.address, [request], timeout_s=5).final
+    response = request_once(edge.address, request)
     assert response.status == 405, response
     assert response.headers["allow"] == "POST"
     assert response.errors() == [f"Method {method} is not allowed on /api/bid/ (allowed: POST)"]
@@ -493,8 +493,8 @@ def test_no_answer_is_text(edge: Edge) -> None:
     """A sample of everything above on one connection each: no text/plain body anywhere."""
     samples = [get("/nope"), post(BID, "Content-Encoding: br"), post(b"{", "Content-Encoding: gzip"), b"X\r\n\r\n"]
     for request in samples:
-        for response in exchange(edge.address, [request], timeout_s=5).responses:
-            assert response.headers["content-type"].startswith("application/json"), response
+        response = request_once(edge.address, request)
+        assert response.headers["content-type"].startswith("application/json"), response
 
 
 # --- the connection cap ----------------------------------------------------------------------------------
