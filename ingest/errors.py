@@ -66,8 +66,10 @@ def json_errors(handler: Handler) -> Handler:
             # cycle through the frames that hold the request, freed only by a full garbage collection.
             exc.__traceback__ = None
             return http_exception_response(exc, request)
-        except ConnectionError:  # the client went away: aiohttp drops the connection quietly
-            raise
+        except ConnectionError:
+            # The client went away (a reset while writing 100 Continue, say). This answer will not reach it;
+            # returned rather than raised, aiohttp then drops the connection quietly instead of logging a 500.
+            return error_response(400, ["The connection was lost"])
         except Exception:
             log.exception("unexpected error answering %s %s", request.method, request.path)
             return error_response(500, ["Internal server error"])

@@ -28,6 +28,7 @@ from tests.ingest.raw import BID, Connection, bid_body, chunked_head, exchange, 
 
 MAX_BODY_BYTES = 16 * 1024
 LATE_S = 15.0  # how late past a deadline an answer may come on a loaded machine
+EARLY_S = 0.05  # libuv's timers have millisecond resolution, and the server's clock starts at its accept
 
 
 def deflate_raw(data: bytes) -> bytes:
@@ -129,7 +130,7 @@ def test_short_content_length_held_open_is_a_408_then_closed(edge: Edge) -> None
     before = edge.snapshot()
     result = exchange(edge.address, [post(b'{"product_id": 1', length=200)], timeout_s=BODY_TIMEOUT_S + LATE_S)
     assert result.closed, result
-    assert result.elapsed_s >= BODY_TIMEOUT_S
+    assert result.elapsed_s >= BODY_TIMEOUT_S - EARLY_S
     response = result.final
     assert response.status == 408, result
     assert response.errors() == ["The request body was not received in time"]
@@ -159,7 +160,7 @@ def test_stalled_chunked_body_is_a_408(edge: Edge) -> None:
     before = edge.snapshot()
     result = exchange(edge.address, [chunked_head() + b"10\r\n" + BID[:5]], timeout_s=BODY_TIMEOUT_S + LATE_S)
     assert result.closed, result
-    assert result.elapsed_s >= BODY_TIMEOUT_S
+    assert result.elapsed_s >= BODY_TIMEOUT_S - EARLY_S
     assert result.final.status == 408, result
     edge.assert_nothing_stored(before)
 
@@ -235,7 +236,7 @@ async def test_200_slow_header_connections_are_answered_408_and_closed(edge: Edg
         assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
             "errors": ["The request headers were not received in time"]
         }
-        assert elapsed_s >= HEADER_TIMEOUT_S
+        assert elapsed_s >= HEADER_TIMEOUT_S - EARLY_S
         assert sent < len(request)
     edge.assert_nothing_stored(before)
     # The gateway still serves.
@@ -245,7 +246,7 @@ async def test_200_slow_header_connections_are_answered_408_and_closed(edge: Edg
 def test_stalled_headers_are_a_408(edge: Edge) -> None:
     result = exchange(edge.address, [b"POST /api/bid/ HTTP/1.1\r\nHost: x\r\nContent-Ty"], timeout_s=LATE_S)
     assert result.closed
-    assert result.elapsed_s >= HEADER_TIMEOUT_S
+    assert result.elapsed_s >= HEADER_TIMEOUT_S - EARLY_S
     assert result.final.status == 408, result
     assert result.final.errors() == ["The request headers were not received in time"]
 
@@ -273,7 +274,7 @@ def test_idle_connection_is_closed_after_the_keepalive_timeout(edge: Edge, first
     """An idle connection gets no answer (a 408 to a client that asked nothing confuses clients), just EOF."""
     result = exchange(edge.address, [first], timeout_s=KEEPALIVE_TIMEOUT_S + LATE_S)
     assert result.closed
-    assert result.elapsed_s >= KEEPALIVE_TIMEOUT_S
+    assert result.elapsed_s >= KEEPALIVE_TIMEOUT_S - EARLY_S
     assert [response.status for response in result.responses] == ([200] if first else [])
 
 
@@ -312,11 +313,13 @@ def test_gateway_memory_does_not_grow_with_slow_connections(edge: Edge, kind: st
     baseline = edge.rss_kb()
     measured = rounds_of_slow_connections(edge, kind, rounds=3, count=500)
     print(f"gateway RSS KiB, {kind}: before {baseline}, (peak, after) per round {measured}")
-    first_after = measured[0][1]
+    first_peak = measured[0][0]
     # Bounded while they are open: well under 64 KiB per connection (a 12 KB body or 6 KB of headers each).
-    assert all(peak - baseline < 500 * 64 for peak, _ in measured), measured
-    # And nothing kept once they are closed: the later rounds end where the first one did.
-    assert all(after - first_after < 4 * 1024 for _, after in measured[1:]), measured
+    assert first_peak - baseline < 500 * 64, measured
+    # And nothing kept once they are closed: the later rounds need no more memory than the first (a leak of a
+    # body per connection would add ~6 MiB a round). What the allocator keeps from a round is reused.
+    assert all(peak - first_peak < 4 * 1024 for peak, _ in measured[1:]), measured
+    assert all(after - first_peak < 4 * 1024 for _, after in measured), measured
 
 
 # --- half-closed clients ---------------------------------------------------------------------------------
