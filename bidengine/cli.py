@@ -49,9 +49,34 @@ def _monitor(settings: Settings, _args: argparse.Namespace) -> int:
     return main(settings)
 
 
-def _run_all(settings: Settings, args: argparse.Namespace) -> int:
-    from bidengine.supervisor import run_all
+def _console(settings: Settings, _args: argparse.Namespace) -> int:
+    from console.server import main
 
+    return main(settings)
+
+
+def _console_user(settings: Settings, args: argparse.Namespace) -> int:
+    from console.user_cli import main
+
+    return main(settings, args.action, args.name, args.role)
+
+
+def _console_user_options(parser: argparse.ArgumentParser) -> None:
+    from console.user_cli import ACTIONS
+
+    parser.add_argument("action", choices=ACTIONS, help="add a user, list them, disable/enable one, set a password")
+    parser.add_argument("name", nargs="?", help="the user name (lower-case letters, digits, '.', '_', '-')")
+    parser.add_argument("--role", choices=["viewer", "operator"], help="for add: viewer (default) or operator")
+
+
+def _run_all(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from bidengine.supervisor import run_all
+    from console.server import ensure_development_session_key
+
+    # Development only: the console gets a throwaway session key when none is set (and says so).
+    ensure_development_session_key(os.environ)
     return run_all(settings, fake_source=args.fake_source)
 
 
@@ -134,6 +159,8 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "audit-stats": (_audit_stats, "print the audit agent's windowed aggregates"),
     "seed": (_seed, "append realistic bids to the database (COPY), e.g. --rows 1000000 --days 90"),
     "probe": (_probe, "liveness of a running agent: exit 1 unless its heartbeat file is recent"),
+    "console": (_console, "run the on-call web console (docs/console.md)"),
+    "console-user": (_console_user, "manage console users: add|list|disable|enable|password NAME [--role ...]"),
 }
 
 # The options of the commands that take any.
@@ -142,6 +169,7 @@ COMMAND_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "audit-stats": _audit_stats_options,
     "seed": _seed_options,
     "probe": _probe_options,
+    "console-user": _console_user_options,
 }
 
 
