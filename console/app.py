@@ -21,14 +21,13 @@ from console import auth, operations, pages
 from console.backends import Backends, BackendUnavailable
 from console.context import BACKENDS, LIMITER, PASSWORDS, SETTINGS, USERS
 from console.ratelimit import LoginLimiter
+from console.render import page
 from console.security import (
     Handler,
     SessionCookies,
-    SessionUser,
     UserCache,
     auth_middleware,
     csrf_middleware,
-    csrf_token,
     forwarded_middleware,
     headers_middleware,
     session_fernet,
@@ -71,15 +70,6 @@ def utc(moment: datetime | None) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-async def _template_context(request: web.Request) -> dict[str, Any]:
-    user: SessionUser | None = request.get("user")
-    try:
-        token = await csrf_token(request)
-    except RuntimeError:  # a page rendered outside the session middleware (an error page): no forms on it
-        token = ""
-    return {"user": user, "csrf_token": token, "path": request.path}
-
-
 @web.middleware
 async def error_pages(request: web.Request, handler: Handler) -> web.StreamResponse:
     """HTTP errors as the console's own page (or JSON for the live feed); unexpected ones logged, never shown."""
@@ -88,19 +78,19 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400 or wants_json(request):
             raise
-        return _error_page(request, exc.status, exc.text or exc.reason)
+        return await _error_page(request, exc.status, exc.text or exc.reason)
     except BackendUnavailable as exc:
-        return _error_page(request, 503, str(exc))
+        return await _error_page(request, 503, str(exc))
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return _error_page(request, 500, "Something went wrong; the error is in the console's log.")
+        return await _error_page(request, 500, "Something went wrong; the error is in the console's log.")
 
 
-def _error_page(request: web.Request, status: int, message: str) -> web.Response:
+async def _error_page(request: web.Request, status: int, message: str) -> web.Response:
     if message.startswith(f"{status}:"):
         message = message.split(":", 1)[1].strip()
     context = {"status": status, "title": ERROR_TITLES.get(status, "Error"), "message": message}
-    return aiohttp_jinja2.render_template("error.html", request, context, status=status)
+    return await page(request, "error.html", context, status=status)
 
 
 def build_app(settings: Settings, backends: Backends, *, passwords: Passwords | None = None) -> web.Application:
@@ -136,7 +126,6 @@ def build_app(settings: Settings, backends: Backends, *, passwords: Passwords | 
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
-        context_processors=[_template_context],
     )
     env.filters["ago"] = ago
     env.filters["utc"] = utc

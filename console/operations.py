@@ -10,7 +10,6 @@ import contextlib
 import logging
 from typing import Any
 
-import aiohttp_jinja2
 from aiohttp import web
 
 from console import actions as action_log
@@ -18,6 +17,7 @@ from console import dead_letters
 from console.backends import BackendUnavailable
 from console.context import BACKENDS, SETTINGS
 from console.pages import entry_id_param
+from console.render import page
 from console.security import SessionUser, current_user
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ async def dead_letter(request: web.Request) -> web.Response:
         "is_operator": user.is_operator,
         "target": dead_letters.DEAD_LETTER_STREAMS[stream],
     }
-    return aiohttp_jinja2.render_template("dead_letter.html", request, context, status=200 if out.ok else 503)
+    return await page(request, "dead_letter.html", context, status=200 if out.ok else 503)
 
 
 async def act(request: web.Request) -> web.Response:
@@ -126,4 +126,4 @@ async def act(request: web.Request) -> web.Response:
     log.info("operator action %d: %s %s %s by %s (%s)", action_id, action, target, outcome, user.name, detail)
     context = {"action": action, "target": target, "outcome": outcome, "detail": detail}
     status = {"done": 200, "gone": 409, "refused": 422, "failed": 503}[outcome]
-    return aiohttp_jinja2.render_template("action_done.html", request, context, status=status)
+    return await page(request, "action_done.html", context, status=status)

@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import aiohttp_jinja2
 from aiohttp import web
 
 from console import actions as action_log
 from console import audit_records, bids, competitors, dead_letters, pipeline
 from console.backends import Backends, Outcome, any_error
 from console.context import BACKENDS, SETTINGS
+from console.render import page
 from console.security import current_user
 from schema.keys import AUDIT_GROUP, BIDS_PRICED, DEAD_LETTER_STREAMS, PRICING_GROUP
 from schema.settings import Settings
@@ -33,9 +33,9 @@ def settings_of(request: web.Request) -> Settings:
     return request.app[SETTINGS]
 
 
-def render(request: web.Request, template: str, context: dict[str, Any], *outcomes: Outcome[Any]) -> web.Response:
-    status = 503 if any_error(*outcomes) else 200
-    return aiohttp_jinja2.render_template(template, request, context, status=status)
+async def render(request: web.Request, template: str, context: dict[str, Any], *outcomes: Outcome[Any]) -> web.Response:
+    """The page, with the status 503 when a backend it reads did not answer."""
+    return await page(request, template, context, status=503 if any_error(*outcomes) else 200)
 
 
 def entry_id_param(raw: str | None) -> str | None:
@@ -164,7 +164,7 @@ async def home(request: web.Request) -> web.Response:
             )
         )
     context = {"signals": signals, "redis_error": redis_out.error, "db_error": db_out.error, "now": now}
-    return render(request, "home.html", context, redis_out, db_out)
+    return await render(request, "home.html", context, redis_out, db_out)
 
 
 # --- Flags ---------------------------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ async def flags(request: web.Request) -> web.Response:
         "scan": settings.console_flags_scan,
         "error": out.error,
     }
-    return render(request, "flags.html", context, out)
+    return await render(request, "flags.html", context, out)
 
 
 async def flags_feed(request: web.Request) -> web.Response:
@@ -228,7 +228,7 @@ async def reports(request: web.Request) -> web.Response:
     today = datetime.now(UTC).date()
     todays = [r for r in page if r.generated_at and r.generated_at.astimezone(UTC).date() == today]
     context = {"reports": page, "older": older, "todays": todays, "error": out.error}
-    return render(request, "reports.html", context, out)
+    return await render(request, "reports.html", context, out)
 
 
 async def report_detail(request: web.Request) -> web.Response:
@@ -238,7 +238,7 @@ async def report_detail(request: web.Request) -> web.Response:
     out = await backends_of(request).redis_outcome(lambda redis: audit_records.report(redis, entry_id))
     if out.ok and out.value is None:
         raise web.HTTPNotFound(text="No such report (audit:reports keeps the last ~1,000).")
-    return render(request, "report.html", {"report": out.value, "error": out.error}, out)
+    return await render(request, "report.html", {"report": out.value, "error": out.error}, out)
 
 
 # --- Aggregates ----------------------------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ async def aggregates(request: web.Request) -> web.Response:
         "max_products": settings.console_aggregates_max_products,
         "error": out.error,
     }
-    return render(request, "aggregates.html", context, out)
+    return await render(request, "aggregates.html", context, out)
 
 
 # --- Bids ----------------------------------------------------------------------------------------------------------
@@ -285,7 +285,7 @@ async def bids_page(request: web.Request) -> web.Response:
     text = query.get("q", "").strip()
     if text:
         error = await _find_one_bid(backends, text)
-        return render(request, "bids.html", _bids_context(query, [error], None, None))
+        return await render(request, "bids.html", _bids_context(query, [error], None, None))
     product_raw = query.get("product", "").strip()
     product_id = int_param(product_raw) if product_raw else None
     if product_raw and product_id is None:
@@ -300,7 +300,7 @@ async def bids_page(request: web.Request) -> web.Response:
     if start > end:
         errors.append("'from' is after 'to'.")
     if errors:
-        return render(request, "bids.html", _bids_context(query, errors, None, None))
+        return await render(request, "bids.html", _bids_context(query, errors, None, None))
     cursor = None
     notices: list[str] = []
     if query.get("after"):
@@ -327,7 +327,7 @@ async def bids_page(request: web.Request) -> web.Response:
         params = {k: v for k, v in query.items() if k not in ("after", "q")}
         params["after"] = out.value.next.encode()
         context["next_url"] = str(request.rel_url.with_query(params))
-    return render(request, "bids.html", context, out)
+    return await render(request, "bids.html", context, out)
 
 
 async def _find_one_bid(backends: Backends, text: str) -> str:
@@ -378,7 +378,7 @@ async def bid_detail(request: web.Request) -> web.Response:
         "error": row.error,
         "scan": settings.console_flag_lookup_scan,
     }
-    return render(request, "bid.html", context, row, flag)
+    return await render(request, "bid.html", context, row, flag)
 
 
 # --- Pipeline ------------------------------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ async def pipeline_page(request: web.Request) -> web.Response:
         "is_operator": current_user(request).is_operator,
         "lag_warn": settings.console_lag_warn,
     }
-    return render(request, "pipeline.html", context, redis_out, log_out)
+    return await render(request, "pipeline.html", context, redis_out, log_out)
 
 
 # --- Competitors ---------------------------------------------------------------------------------------------------
@@ -422,4 +422,4 @@ async def competitors_page(request: web.Request) -> web.Response:
         lambda redis: competitors.latest_polls(redis, read=settings.console_competitors_read)
     )
     context = {"data": out.value, "error": out.error, "read": settings.console_competitors_read}
-    return render(request, "competitors.html", context, out)
+    return await render(request, "competitors.html", context, out)

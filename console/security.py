@@ -115,6 +115,9 @@ class SessionUser:
         return self.role == "operator"
 
 
+USER: Final = web.RequestKey("user", SessionUser)
+
+
 def new_csrf_token() -> str:
     return secrets.token_urlsafe(32)
 
@@ -257,11 +260,11 @@ def auth_middleware(
             if not isinstance(user, User) or not user.enabled or user.session_epoch != session.get("epoch"):
                 session.invalidate()
                 return _login_redirect(request, "Your session has ended; please log in again.")
-            request["user"] = SessionUser(user.id, user.name, user.role)
+            request[USER] = SessionUser(user.id, user.name, user.role)
         else:
             if request.method in UNSAFE_METHODS:
                 raise web.HTTPServiceUnavailable(text=unverified)
-            request["user"] = SessionUser(uid, str(session.get("name", "")), str(session.get("role")), unverified)
+            request[USER] = SessionUser(uid, str(session.get("name", "")), str(session.get("role")), unverified)
         if request.path not in BACKGROUND_PATHS and now - seen >= SEEN_RESOLUTION_S:
             session["seen"] = now
         return await handler(request)
@@ -288,5 +291,4 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def current_user(request: web.Request) -> SessionUser:
-    user: SessionUser = request["user"]
-    return user
+    return request[USER]

@@ -80,12 +80,12 @@ async def _run(database_url: str, action: str, name: str | None, role: str, pass
     try:
         if action == "list":
             users = await list_users(conn)
-            print(f"{'name':<24}{'role':<10}{'enabled':<9}{'created':<22}last login")
+            print(f"{'name':<24}{'role':<10}{'enabled':<9}{'created':<27}last login")
             for user in users:
                 last = user.last_login_at.isoformat(timespec="seconds") if user.last_login_at else "never"
                 print(
                     f"{user.name:<24}{user.role:<10}{'yes' if user.enabled else 'no':<9}"
-                    f"{user.created_at.isoformat(timespec='seconds'):<22}{last}"
+                    f"{user.created_at.isoformat(timespec='seconds'):<27}{last}"
                 )
             return 0
         assert name is not None
