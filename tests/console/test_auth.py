@@ -197,7 +197,8 @@ async def test_a_tampered_cookie_is_no_session(operator: Console) -> None:
     value = cookie.value
     middle = len(value) // 2  # a character whose every bit counts (the last ones may be base64 padding bits)
     tampered = value[:middle] + ("A" if value[middle] != "A" else "B") + value[middle + 1 :]
-    operator.client.session.cookie_jar.update_cookies({security.COOKIE_NAME: tampered})
+    operator.client.session.cookie_jar.clear()
+    operator.client.session.cookie_jar.update_cookies({security.COOKIE_NAME: tampered}, operator.client.make_url("/"))
     assert (await operator.get("/")).status == 303
 
 
