@@ -73,6 +73,8 @@ async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
             "statement_timeout": str(timeout_ms),
             "idle_in_transaction_session_timeout": str(max(timeout_ms, 10_000)),
             "application_name": "bidengine-console",
+            # Plans per execution: a generic plan cannot see which time slice a bound parameter selects.
+            "plan_cache_mode": "force_custom_plan",
         },
     )
     assert pool is not None
