@@ -64,6 +64,17 @@ def ago(moment: datetime | None) -> str:
     return f"{seconds} s ago"
 
 
+def when(raw: str) -> str:
+    """A timestamp written by another role, shortened to UTC seconds; the raw text when it is not one."""
+    try:
+        moment = datetime.fromisoformat(raw)
+    except (TypeError, ValueError):
+        return raw
+    if moment.tzinfo is None:
+        return raw
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def utc(moment: datetime | None) -> str:
     if moment is None:
         return ""
@@ -129,6 +140,7 @@ def build_app(settings: Settings, backends: Backends, *, passwords: Passwords | 
     )
     env.filters["ago"] = ago
     env.filters["utc"] = utc
+    env.filters["when"] = when
     env.filters["money"] = lambda value: f"{value:,}"
 
     router = app.router

@@ -27,21 +27,34 @@
     td.appendChild(a);
   }
 
+  // "2026-12-01T07:31:05.429954+00:00" -> "2026-12-01 07:31:05" (UTC); anything else is shown as it is.
+  function when(text) {
+    var moment = new Date(text);
+    if (typeof text !== "string" || !/[+-]\d\d:\d\d$|Z$/.test(text) || isNaN(moment.getTime())) { return text; }
+    return moment.toISOString().slice(0, 19).replace("T", " ");
+  }
+
   function addFlag(flag) {
     var row = document.createElement("tr");
     row.className = "new";
-    cell(row, flag.flagged_at);
+    cell(row, when(flag.flagged_at), "when");
     var bid = cell(row, "");
     if (typeof flag.bid_id === "number") { link(bid, "/bids/" + encodeURIComponent(flag.bid_id), "#" + flag.bid_id); }
     var prod = cell(row, "");
     if (typeof flag.product_id === "number") {
       link(prod, "/bids?product=" + encodeURIComponent(flag.product_id), String(flag.product_id));
+      var aside = document.createElement("a");
+      aside.className = "aside";
+      aside.setAttribute("href", "/flags?product=" + encodeURIComponent(flag.product_id));
+      aside.textContent = "flags";
+      prod.appendChild(document.createTextNode(" "));
+      prod.appendChild(aside);
     }
     cell(row, flag.current_cpc, "num");
     cell(row, flag.adjusted_cpc, "num");
     cell(row, flag.deviation, "num");
     cell(row, flag.deviation_pct, "num");
-    cell(row, flag.calculated_at);
+    cell(row, when(flag.calculated_at), "when");
     cell(row, flag.request_id, "mono");
     tbody.insertBefore(row, tbody.firstChild);
     while (tbody.rows.length > maxRows) { tbody.deleteRow(tbody.rows.length - 1); }

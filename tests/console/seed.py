@@ -85,7 +85,12 @@ async def add_aggregates(redis: aioredis.Redis, day: datetime, products: dict[in
     cents = sum(d for _, _, d in products.values())
     await redis.hset(
         key,
-        mapping={"reviewed": reviewed, "flagged": flagged, "deviation_cents": cents, "flagged_deviation_cents": cents // 2},
+        mapping={
+            "reviewed": reviewed,
+            "flagged": flagged,
+            "deviation_cents": cents,
+            "flagged_deviation_cents": cents // 2,
+        },
     )
     mapping: dict[str, Any] = {}
     for product, (r, f, d) in products.items():
@@ -145,7 +150,9 @@ async def seed_everything(redis: aioredis.Redis, db: asyncpg.Pool, now: datetime
     await add_report(redis, now - timedelta(minutes=5), 16001, 4388)
     for days_ago in range(7):
         await add_aggregates(
-            redis, now - timedelta(days=days_ago), {101: (500 + days_ago, 130, 9100), 102: (320, 80, 5000), 103: (90, 2, 300)}
+            redis,
+            now - timedelta(days=days_ago),
+            {101: (500 + days_ago, 130, 9100), 102: (320, 80, 5000), 103: (90, 2, 300)},
         )
     await add_polls(
         redis,

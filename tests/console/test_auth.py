@@ -60,7 +60,9 @@ async def test_login_never_redirects_off_site(console: Console, users_db: asyncp
     await create_user(users_db, "alice", "viewer")
     token = await console.csrf()
     response = await console.client.post(
-        "/login", data={"name": "alice", "password": PASSWORD, "csrf_token": token, "next": target}, allow_redirects=False
+        "/login",
+        data={"name": "alice", "password": PASSWORD, "csrf_token": token, "next": target},
+        allow_redirects=False,
     )
     assert response.status == 303
     assert response.headers["Location"] == "/"

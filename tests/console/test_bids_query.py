@@ -79,7 +79,9 @@ async def test_bids_page_links_the_next_page(operator: Console, db: asyncpg.Pool
     link = re.search(r'href="(/bids\?[^"]*after=[^"]+)"', body)
     assert link
     assert "OFFSET" not in link.group(1).upper()
-    second = re.findall(r'<td><a href="/bids/(\d+)">', await (await operator.get(link.group(1).replace("&amp;", "&"))).text())
+    second = re.findall(
+        r'<td><a href="/bids/(\d+)">', await (await operator.get(link.group(1).replace("&amp;", "&"))).text()
+    )
     assert len(second) == size
     assert not set(first) & set(second)
     bad = await operator.get("/bids?after=garbage")

@@ -100,7 +100,9 @@ async def test_silent_postgresql(make_console: ConsoleFactory, users_db: asyncpg
     assert response.status == 503
 
 
-async def test_slow_statement_is_cancelled_by_the_deadline(make_console: ConsoleFactory, users_db: asyncpg.Pool) -> None:
+async def test_slow_statement_is_cancelled_by_the_deadline(
+    make_console: ConsoleFactory, users_db: asyncpg.Pool
+) -> None:
     """PostgreSQL itself stops a query nobody waits for (statement_timeout = the deadline)."""
     console: Console = await make_console(console_backend_timeout_s=DEADLINE_S)
     backends = console.client.app[BACKENDS]

@@ -25,7 +25,9 @@ async def actions(db: asyncpg.Pool) -> list[tuple[str, str, str, str]]:
     return [tuple(row.values()) for row in rows]  # type: ignore[misc]
 
 
-async def test_operator_replays_after_confirming(operator: Console, redis: aioredis.Redis, users_db: asyncpg.Pool) -> None:
+async def test_operator_replays_after_confirming(
+    operator: Console, redis: aioredis.Redis, users_db: asyncpg.Pool
+) -> None:
     original = seed.request_fields(7, 1.5, 150.0)
     entry = await seed.add_dead_letter(redis, original, "not stored: check constraint")
     pipeline_page = await (await operator.get("/pipeline")).text()

@@ -27,11 +27,20 @@ async def test_every_page_renders_with_data(operator: Console, redis: aioredis.R
         assert "<h1>" in await response.text()
 
 
-async def test_home_answers_on_the_first_screen(operator: Console, redis: aioredis.Redis, users_db: asyncpg.Pool) -> None:
+async def test_home_answers_on_the_first_screen(
+    operator: Console, redis: aioredis.Redis, users_db: asyncpg.Pool
+) -> None:
     await seed.seed_everything(redis, users_db)
     body = await (await operator.get("/")).text()
-    for signal in ("pricing agents", "audit agents", "dead letters", "flags today", "last daily report",
-                   "last competitor poll", "last bid stored"):
+    for signal in (
+        "pricing agents",
+        "audit agents",
+        "dead letters",
+        "flags today",
+        "last daily report",
+        "last competitor poll",
+        "last bid stored",
+    ):
         assert signal in body, signal
     # One dead letter is waiting: the summary says BAD and links to it.
     row = re.search(r'<tr class="bad">.*?dead letters.*?</tr>', body, re.S)
@@ -199,10 +208,13 @@ async def test_competitors_latest_poll_and_changes(operator: Console, redis: aio
     await redis.rpush(COMPETITOR_PRICES_LIST, "not json")
     body = await (await operator.get("/competitors")).text()
     changed = body.split("<h2>Latest prices")[0]
-    assert re.search(r"<td>2</td><td>Product 2</td><td class=\"num\">20.0</td><td class=\"num\">25.0</td>"
-                     r"<td class=\"num\">\+25.00%</td>", changed), changed
-    assert "<td>4</td><td>Product 4</td><td class=\"num\">new</td>" in changed
-    assert "<td>3</td><td>Product 3</td><td class=\"num\">30.0</td><td class=\"num\">gone</td>" in changed
+    assert re.search(
+        r"<td>2</td><td>Product 2</td><td class=\"num\">20.0</td><td class=\"num\">25.0</td>"
+        r"<td class=\"num\">\+25.00%</td>",
+        changed,
+    ), changed
+    assert '<td>4</td><td>Product 4</td><td class="num">new</td>' in changed
+    assert '<td>3</td><td>Product 3</td><td class="num">30.0</td><td class="num">gone</td>' in changed
     assert "<td>1</td>" not in changed, "unchanged prices are not listed as changes"
     assert "1 elements of competitor_prices are not price records" in body
 
@@ -236,8 +248,18 @@ async def test_stream_and_bid_values_are_never_html(
     hostile = seed.HOSTILE
     now = datetime.now(UTC)
     row = await seed.insert_bid(users_db, 5, "1.00", "150", "1.50")
-    fields = {name: hostile for name in ("request_id", "current_cpc", "adjusted_cpc", "deviation",
-                                         "deviation_pct", "calculated_at", "flagged_at")}
+    fields = {
+        name: hostile
+        for name in (
+            "request_id",
+            "current_cpc",
+            "adjusted_cpc",
+            "deviation",
+            "deviation_pct",
+            "calculated_at",
+            "flagged_at",
+        )
+    }
     await seed.add_flag(redis, {**fields, "bid_id": str(row["id"]), "product_id": "5"})
     await seed.add_flag(redis, {**fields, "bid_id": hostile, "product_id": hostile})
     await redis.xadd("audit:reports", {"title": hostile, "generated_at": hostile, "reviewed": hostile, "text": hostile})
