@@ -44,6 +44,17 @@ async def add_flag(redis: aioredis.Redis, fields: dict[str, str]) -> str:
 async def insert_bid(
     db: asyncpg.Pool | asyncpg.Connection,
     product_id: int,
+    *args: str,
+    at: datetime | None = None,
+    request_id: uuid.UUID | None = None,
+) -> asyncpg.Record:
+    current, roas, adjusted = args
+    return await _insert_bid(db, product_id, current, roas, adjusted, at, request_id)
+
+
+async def _insert_bid(  # noqa: PLR0917 - the row's columns, in order
+    db: asyncpg.Pool | asyncpg.Connection,
+    product_id: int,
     current: str,
     roas: str,
     adjusted: str,
@@ -143,7 +154,7 @@ async def seed_everything(redis: aioredis.Redis, db: asyncpg.Pool, now: datetime
         current = f"{1 + i * 0.25:.2f}"
         roas = "150" if i % 3 else "110"
         adjusted = f"{Decimal(current) * Decimal(roas) / 100:.2f}"
-        rows.append(await insert_bid(db, 100 + i % 4, current, roas, adjusted, now - timedelta(minutes=12 - i)))
+        rows.append(await insert_bid(db, 100 + i % 4, current, roas, adjusted, at=now - timedelta(minutes=12 - i)))
     for row in rows[1::3]:
         await add_flag(redis, flag_fields(row["id"], 101, "1.25", "1.88", row["calculated_at"]))
     await add_report(redis, now - timedelta(days=1), 15234, 4120)

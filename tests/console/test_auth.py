@@ -14,7 +14,7 @@ from console.server import main as console_main
 from console.users import Passwords, set_enabled, set_password
 from schema.keys import CONSOLE_LOGIN_ADDRESS_PREFIX, CONSOLE_LOGIN_USER_PREFIX
 
-from .conftest import PASSWORD, TEST_HASHER, Console, ConsoleFactory, create_user, console_settings
+from .conftest import PASSWORD, TEST_HASHER, Console, ConsoleFactory, console_settings, create_user
 
 
 def session_cookie(set_cookie: str) -> SimpleCookie:

@@ -47,7 +47,9 @@ async def test_add_list_disable_password(
     capsys.readouterr()
     assert await run(database_url, "list", None) == 0
     listing = capsys.readouterr().out
-    assert "alice" in listing and "operator" in listing and "bob" in listing
+    assert "alice" in listing
+    assert "operator" in listing
+    assert "bob" in listing
 
     assert await run(database_url, "disable", "bob") == 0
     assert await users_db.fetchval("SELECT enabled FROM console_users WHERE name = 'bob'") is False
@@ -72,7 +74,7 @@ async def test_add_list_disable_password(
         (("disable", "alice", "operator"), "", "--role is only"),
     ],
 )
-async def test_refusals(
+async def test_refusals(  # noqa: PLR0917 - pytest fixtures and parameters
     database_url: str,
     users_db: asyncpg.Pool,
     capsys: pytest.CaptureFixture[str],
