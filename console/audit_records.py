@@ -1,7 +1,9 @@
 """Reading the audit agent's outputs: `audit:flags`, `audit:reports` and the daily aggregates.
 
-The formats are the documented contract (docs/audit.md, docs/streams.md); the console reads them through
-Redis only and never imports the audit agent. Every read is bounded: a COUNT on stream ranges, and at most
+The formats are the contracts in `schema.events` (AuditFlag, AuditReportSummary) and `schema.audit` (the
+aggregates' keys and fields); the console reads them through Redis only and never imports the audit agent. It
+decodes leniently, field by field, where `schema.events` would reject a whole entry: on-call must see an odd
+entry (as text) rather than lose it. Every read is bounded: a COUNT on stream ranges, and at most
 `CONSOLE_AGGREGATES_MAX_PRODUCTS` product counters read to rank the top products.
 """
 
@@ -16,9 +18,16 @@ from typing import Any
 from redis import asyncio as aioredis
 
 from console import streams
-from schema.keys import AUDIT_AGGREGATE_PREFIX, AUDIT_FLAGS, AUDIT_REPORTS
-
-WINDOW_DAYS = 7
+from schema.audit import (
+    DEVIATION_CENTS,
+    FLAGGED,
+    FLAGGED_DEVIATION_CENTS,
+    PRODUCT_KINDS,
+    REVIEWED,
+    WINDOW_DAYS,
+    product_field,
+)
+from schema.keys import AUDIT_FLAGS, AUDIT_REPORTS, audit_day_key, audit_products_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,12 +197,8 @@ def parse_time(raw: str) -> datetime | None:
 # --- Aggregates (docs/audit.md: audit:agg:{D} and audit:agg:{D}:products) --------------------------------------
 
 
-def day_key(day: date) -> str:
-    return f"{AUDIT_AGGREGATE_PREFIX}{{{day.isoformat()}}}"
-
-
-def products_key(day: date) -> str:
-    return f"{day_key(day)}:products"
+day_key = audit_day_key
+products_key = audit_products_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,10 +252,10 @@ def _count(raw: Any) -> int:
 
 def _totals(raw: Mapping[str, str]) -> Totals:
     return Totals(
-        _count(raw.get("reviewed")),
-        _count(raw.get("flagged")),
-        _count(raw.get("deviation_cents")),
-        _count(raw.get("flagged_deviation_cents")),
+        _count(raw.get(REVIEWED)),
+        _count(raw.get(FLAGGED)),
+        _count(raw.get(DEVIATION_CENTS)),
+        _count(raw.get(FLAGGED_DEVIATION_CENTS)),
     )
 
 
@@ -302,7 +307,7 @@ async def _products_asked(redis: aioredis.Redis, span: list[date], wanted: list[
     per_product: dict[int, list[int]] = {p: [0, 0, 0] for p in wanted}
     async with redis.pipeline(transaction=False) as pipe:
         for day in span:
-            pipe.hmget(products_key(day), [f"{p}:{kind}" for p in wanted for kind in "rfd"])
+            pipe.hmget(products_key(day), [product_field(p, kind) for p in wanted for kind in PRODUCT_KINDS])
         replies: list[Any] = await pipe.execute()
     for values in replies:
         for position, value in enumerate(values):
@@ -333,8 +338,8 @@ async def _top_products(
     for values in replies:
         for name, value in values.items():
             product, _, kind = name.partition(":")
-            if product.isdigit() and kind in ("r", "f", "d"):
-                per_product.setdefault(int(product), [0, 0, 0])["rfd".index(kind)] += _count(value)
+            if product.isdigit() and kind in PRODUCT_KINDS:
+                per_product.setdefault(int(product), [0, 0, 0])[PRODUCT_KINDS.index(kind)] += _count(value)
     ranked = sorted(per_product.items(), key=lambda item: (-item[1][1], -item[1][0], item[0]))
     return ranked[:top], complete
 

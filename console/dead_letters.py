@@ -1,35 +1,25 @@
-"""Dead letters: list, show, replay and purge the entries of a dead-letter stream (`bids:dead`, docs/streams.md).
+"""Dead letters as the console shows them, and its replay and purge (through `redis_streams.dead_letters`).
 
 An entry holds `entry_id` (its id in the source stream), `stream` (the source), `reason`, and `fields` (the
-original entry as JSON). Replaying appends the original fields to the source stream and deletes the dead
-entry in one server-side script: atomic, and a second replay of the same entry (a double click, two operators)
-finds it gone and does nothing. Replaying is safe even when a bid was stored meanwhile: the pricing agent
-stores a request id once.
+original entry as JSON: `schema.events.DeadLetter`). The console lists entries as they are, even ones that do
+not decode (shown as text, with why they cannot be replayed). Replay and purge are the bottom package's: a
+replay appends the original fields to the source stream and deletes the dead letter in one script, so a second
+replay of the same entry (a double click, two operators) finds it gone and appends nothing; and it is safe
+even when the bid was stored meanwhile, since the pricing agent stores a request id once.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from redis import asyncio as aioredis
 
 from console import streams
+from redis_streams import dead_letters as shared
 from schema.keys import DEAD_LETTER_STREAMS
 
 __all__ = ["DEAD_LETTER_STREAMS", "DeadLetter", "DeadLetterError", "count", "newest", "purge", "replay", "show"]
-
-# Moves one entry: returns the new id in the source stream, or false when the dead entry is gone.
-_REPLAY = """
-local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #entries == 0 then
-  return false
-end
-local new_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
-redis.call('XDEL', KEYS[1], ARGV[1])
-return new_id
-"""
 
 
 class DeadLetterError(ValueError):
@@ -102,13 +92,15 @@ async def show(redis: aioredis.Redis, stream: str, entry_id: str) -> DeadLetter 
 async def replay(redis: aioredis.Redis, letter: DeadLetter) -> str | None:
     """Append the original entry to its source stream and delete the dead letter; None when already gone."""
     target = DEAD_LETTER_STREAMS[check_stream(letter.stream)]
-    if letter.source and letter.source != target:
-        raise DeadLetterError(f"it came from {letter.source!r}, not {target!r}")
-    flat = [item for pair in letter.original().items() for item in pair]
-    new_id: Any = await redis.eval(_REPLAY, 2, letter.stream, target, letter.id, *flat)
-    return None if new_id is None else str(new_id)
+    if letter.source != target:
+        raise DeadLetterError(f"it names {letter.source!r} as its stream, not {target!r}")
+    letter.original()  # refuses what cannot be replayed, with the reason
+    result = await shared.replay(redis, letter.stream, [letter.id])
+    if letter.id in result.failed:
+        raise DeadLetterError(result.failed[letter.id])
+    return result.replayed.get(letter.id)
 
 
 async def purge(redis: aioredis.Redis, stream: str, entry_id: str) -> bool:
     """Delete one dead letter; False when it was already gone."""
-    return int(await redis.xdel(check_stream(stream), entry_id)) == 1
+    return await shared.purge(redis, check_stream(stream), [entry_id]) == 1

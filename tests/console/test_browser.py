@@ -29,7 +29,8 @@ from redis import asyncio as aioredis
 
 from bidengine.embedded import free_port
 from schema.keys import AUDIT_FLAGS, BIDS_DEAD_LETTER
-from tests.pipeline.conftest import Pipeline, other_redis_db
+from tests.pipeline.conftest import Pipeline
+from tests.servers import RedisServer
 
 from . import seed
 from .conftest import PASSWORD, TEST_HASHER
@@ -97,11 +98,11 @@ def _wait_for_console(url: str, process: subprocess.Popen[bytes], timeout_s: flo
 
 
 @pytest.fixture(scope="module")
-def running(redis_url: str, database_url: str) -> Iterator[Pipeline]:
+def running(private_redis_server: RedisServer, database_url: str) -> Iterator[Pipeline]:
     _require_browser()
     env = {
         **os.environ,
-        "REDIS_URL": other_redis_db(redis_url),
+        "REDIS_URL": private_redis_server.url(2),
         "DATABASE_URL": database_url,
         "LOG_LEVEL": "WARNING",
         "CLAIM_IDLE_MS": "1000",
