@@ -77,10 +77,15 @@ def _console_user(settings: Settings, args: argparse.Namespace) -> int:
     return main(DatabaseSettings.from_settings(settings), args.action, args.name, args.role)
 
 
-def _console_user_options(parser: argparse.ArgumentParser) -> None:
-    from console.user_cli import ACTIONS
+# The same as console.user_cli.ACTIONS, not imported from there: building the parser must stay light
+# (`bidengine probe` runs every few seconds and loads no client library).
+CONSOLE_USER_ACTIONS = ("add", "list", "disable", "enable", "password")
 
-    parser.add_argument("action", choices=ACTIONS, help="add a user, list them, disable/enable one, set a password")
+
+def _console_user_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action", choices=CONSOLE_USER_ACTIONS, help="add a user, list them, disable/enable one, set a password"
+    )
     parser.add_argument("name", nargs="?", help="the user name (lower-case letters, digits, '.', '_', '-')")
     parser.add_argument("--role", choices=["viewer", "operator"], help="for add: viewer (default) or operator")
 

@@ -122,3 +122,9 @@ def test_the_command_line(database_url: str, users_db: asyncpg.Pool) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "user carol added (viewer)" in done.stdout
+
+
+def test_the_command_line_offers_every_action() -> None:
+    from bidengine.cli import CONSOLE_USER_ACTIONS
+
+    assert CONSOLE_USER_ACTIONS == user_cli.ACTIONS
