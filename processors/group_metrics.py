@@ -25,7 +25,10 @@ from schema import keys
 
 # Every consumer group of the product and the dead-letter streams, watched by default.
 PRODUCT_GROUPS: Final = ((keys.BID_REQUESTS, keys.PRICING_GROUP), (keys.BIDS_PRICED, keys.AUDIT_GROUP))
-DEAD_LETTER_STREAMS: Final = (keys.BIDS_DEAD_LETTER,)
+# Every dead-letter stream schema/keys.py names (`*_DEAD_LETTER`): one added there is watched without a change here.
+DEAD_LETTER_STREAMS: Final = tuple(
+    sorted(value for name, value in vars(keys).items() if name.endswith("_DEAD_LETTER") and isinstance(value, str))
+)
 REDIS_TIMEOUT_S: Final = 2.0
 
 

@@ -1,11 +1,13 @@
+from dataclasses import fields
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from schema.database import BIDS_TABLE, apply_migrations
 from schema.events import BidRequested, EventDecodeError, money
-from schema.settings import Settings, SettingsError
+from schema.settings import DatabaseSettings, RedisSettings, ServerSettings, Settings, SettingsError
 
 
 def test_settings_read_typed_values_from_environment() -> None:
@@ -44,3 +46,21 @@ async def test_migrations_are_idempotent_and_create_the_legacy_table(database_ur
     names = {row["column_name"] for row in columns}
     assert {"id", "product_id", "current_cpc", "target_roas", "adjusted_cpc", "calculated_at"} <= names
     assert "request_id" in names
+
+
+def test_readme_documents_every_setting() -> None:
+    """Each setting appears in the README's settings table as its environment variable."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| "))
+    missing = [f.name.upper() for f in fields(Settings) if f"`{f.name.upper()}`" not in table]
+    assert missing == []
+
+
+def test_commands_get_settings_with_the_urls_they_need() -> None:
+    both = Settings(redis_url="redis://r", database_url="postgresql://d")
+    assert ServerSettings.from_settings(both).database_url == "postgresql://d"
+    assert RedisSettings.from_settings(Settings(redis_url="redis://r")).redis_url == "redis://r"
+    with pytest.raises(SettingsError, match=r"^REDIS_URL and DATABASE_URL are required$"):
+        ServerSettings.from_settings(Settings())
+    with pytest.raises(SettingsError, match=r"^DATABASE_URL is required$"):
+        DatabaseSettings.from_settings(Settings(redis_url="redis://r"))
