@@ -101,6 +101,12 @@ class Settings:
     console_actions_retention_days: int = 365  # operator action log rows kept
     console_db_pool_size: int = 5
     console_redis_max_connections: int = 20
+    # Prometheus /metrics of the roles without an HTTP port of their own (the gateway serves /metrics on
+    # GATEWAY_PORT). Each role gets its own port so `bidengine run` can start them side by side.
+    metrics_host: str = "127.0.0.1"
+    pricing_metrics_port: int = 9101
+    audit_metrics_port: int = 9102
+    monitor_metrics_port: int = 9103
 
     log_level: str = "INFO"
 
