@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -89,12 +90,12 @@ class StoredRow:
     request_fingerprint: int | None  # None: stored before fingerprints existed
 
 
-def _priced_bid(row: asyncpg.Record) -> PricedBid:
+def _stored_row(row: asyncpg.Record) -> StoredRow:
     calculated_at: datetime = row["calculated_at"]
     current_cpc: Decimal = row["current_cpc"]
     target_roas: Decimal = row["target_roas"]
     adjusted_cpc: Decimal = row["adjusted_cpc"]
-    return PricedBid(
+    bid = PricedBid(
         bid_id=row["id"],
         request_id=str(row["request_id"]),
         product_id=row["product_id"],
@@ -103,10 +104,11 @@ def _priced_bid(row: asyncpg.Record) -> PricedBid:
         adjusted_cpc=adjusted_cpc,
         calculated_at=calculated_at,
     )
+    return StoredRow(bid, row["request_fingerprint"])
 
 
-def _stored_row(row: asyncpg.Record) -> StoredRow:
-    return StoredRow(_priced_bid(row), row["request_fingerprint"])
+def _by_request_id(rows: Iterable[asyncpg.Record]) -> dict[str, StoredRow]:
+    return {stored.bid.request_id: stored for stored in map(_stored_row, rows)}
 
 
 class PricingHandler:
@@ -130,15 +132,6 @@ class PricingHandler:
             dead.extend(rejected)
             rejected_entries = {entry.id for entry, _, _ in rejected}
             priced = [p for p in priced if p.entry.id not in rejected_entries]
-        if len(stored) < len({p.event.request_id for p in priced}):
-            # Only a request id PostgreSQL spells differently (not a canonical UUID: a producer bug) or a row
-            # deleted between the two statements gets here; answering it is impossible, retrying it pointless.
-            dead.extend(
-                (p.entry, "no stored row found for the request id", p.event)
-                for p in priced
-                if p.event.request_id not in stored
-            )
-            priced = [p for p in priced if p.event.request_id in stored]
         same = await self._same_requests(priced, stored)
         await self._publish(priced, stored, same, dead, ack=batch.ack_command())
         batch.mark_acknowledged()
@@ -181,14 +174,25 @@ class PricingHandler:
             [p.adjusted_cpc for p in inserting],
             [p.fingerprint for p in inserting],
         )
-        stored = {str(row["request_id"]): _stored_row(row) for row in rows}
+        stored = _by_request_id(rows)
         if len(stored) < len(first):
             # Committed by another transaction (another agent, or a batch of ours handled concurrently) after
             # our snapshot: our INSERT waited for it, then skipped the id. Read it now; it is compared like any.
             missing = [request_id for request_id in first if request_id not in stored]
-            for row in await self.pool.fetch(FETCH_STORED_SQL, missing):
-                stored[str(row["request_id"])] = _stored_row(row)
+            stored.update(_by_request_id(await self.pool.fetch(FETCH_STORED_SQL, missing)))
+            for request_id in missing:
+                if request_id not in stored:
+                    stored[request_id] = self._spelled_differently(request_id, stored)
         return stored
+
+    @staticmethod
+    def _spelled_differently(request_id: str, stored: dict[str, StoredRow]) -> StoredRow:
+        # PostgreSQL also reads upper-case, braced or unhyphenated UUIDs and answers in the canonical form.
+        # Not found at all, the row was deleted since: raising retries the batch, which stores it anew.
+        canonical = str(uuid.UUID(request_id))
+        if canonical not in stored:
+            raise LookupError(f"no row is stored for request id {request_id}")
+        return stored[canonical]
 
     async def _store_one_by_one(
         self, priced: Sequence[PricedRequest]

@@ -22,14 +22,16 @@ from __future__ import annotations
 import struct
 from hashlib import blake2b
 
-_CANONICAL = struct.Struct(">qdd")
+_pack_canonical = struct.Struct(">qdd").pack
+_unpack_signed = struct.Struct(">q").unpack
 
 
 def request_fingerprint(product_id: int, current_cpc: float, target_roas: float) -> int:
     """The signed 64-bit fingerprint of a bid request (see the module docstring for the exact encoding)."""
     try:
         # Adding 0.0 turns -0.0 into 0.0 and changes no other double.
-        canonical = _CANONICAL.pack(product_id, current_cpc + 0.0, target_roas + 0.0)
+        canonical = _pack_canonical(product_id, current_cpc + 0.0, target_roas + 0.0)
     except struct.error:
         raise ValueError(f"product_id {product_id} is not a 64-bit integer") from None
-    return int.from_bytes(blake2b(canonical, digest_size=8).digest(), "big", signed=True)
+    fingerprint: int = _unpack_signed(blake2b(canonical, digest_size=8).digest())[0]
+    return fingerprint

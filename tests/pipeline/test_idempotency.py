@@ -330,6 +330,20 @@ async def test_a_batch_falling_back_to_row_by_row_keeps_its_verdicts(redis: aior
     assert await redis.xlen(keys.BIDS_DEAD_LETTER) == 1
 
 
+async def test_a_request_id_spelled_in_upper_case_is_the_same_request_id(
+    redis: aioredis.Redis, db: asyncpg.Pool
+) -> None:
+    """PostgreSQL reads any spelling of a UUID; the agent must still find the row it answers with."""
+    key = str(uuid.uuid4())
+    entries = [request(key.upper(), "upper", 23, 1.0), request(key, "lower", 23, 1.0), request(key, "other", 23, 2.0)]
+    await handler(db, redis)(await feed(redis, entries))
+    answers = await only_reply(redis)
+    bid_id = await the_row(db, key, 1.0)
+    assert_bid(answers["upper"], bid_id, 1.0)
+    assert_bid(answers["lower"], bid_id, 1.0)
+    assert_conflict(answers["other"])
+
+
 # --- across agents, redelivery and reclaim --------------------------------------------------------------------
 
 
