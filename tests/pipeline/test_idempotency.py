@@ -669,6 +669,12 @@ async def test_end_to_end_what_the_same_request_means(pipeline: Pipeline, db: as
     assert post(pipeline.gateway_url, body(33, "2", "150.00001"), key)[0] == 422
     assert post(pipeline.gateway_url, body(33, '" 2 "'), key) == (200, answers[0][1])  # PHP's is_numeric spacing
 
+    zero_key = f"e2e-{uuid.uuid4()}"
+    zeros = [post(pipeline.gateway_url, body(35, zero), zero_key) for zero in ["0", "-0", "-0.0", '"-0"', "0e5"]]
+    assert {status for status, _ in zeros} == {200}, zeros
+    assert len({answer["bid_id"] for _, answer in zeros}) == 1
+    assert {answer["adjusted_cpc"] for _, answer in zeros} == {0.0}
+
     sub_cent = f"e2e-{uuid.uuid4()}"
     status, first = post(pipeline.gateway_url, body(34, 1.001), sub_cent)
     assert (status, first["adjusted_cpc"]) == (200, 1.5)
