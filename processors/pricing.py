@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # no row is chosen arbitrarily. The second SELECT sees the snapshot taken before the INSERT, so it returns only
 # rows stored earlier (a redelivery, or a retry with the same Idempotency-Key). Whether a request is the one a
 # row was stored for is decided afterwards, request by request, on the request fingerprints.
+# Rows are inserted in request id order: two agents whose batches share request ids then wait on each other
+# in one direction only, instead of deadlocking (A holds K1 and waits for K2 while B holds K2 and waits for K1).
 STORE_BATCH_SQL = f"""
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::bigint[])
@@ -51,6 +53,7 @@ WITH input AS (
 ), inserted AS (
     INSERT INTO {BIDS_TABLE} (request_id, product_id, current_cpc, target_roas, adjusted_cpc, request_fingerprint)
     SELECT request_id, product_id, current_cpc, target_roas, adjusted_cpc, request_fingerprint FROM input
+    ORDER BY request_id
     ON CONFLICT (request_id) DO NOTHING
     RETURNING id, request_id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_fingerprint
 )

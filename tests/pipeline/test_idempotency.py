@@ -477,6 +477,53 @@ async def test_a_row_committed_while_our_insert_waited(redis: aioredis.Redis, db
     assert_conflict(answers["B"])
 
 
+async def test_two_agents_storing_the_same_keys_in_opposite_orders_do_not_deadlock(
+    redis: aioredis.Redis, db: asyncpg.Pool
+) -> None:
+    """Agent A holds K1 and waits (on a row the test holds) before K2; agent B stores K2 and K1 meanwhile.
+
+    Were rows inserted in stream order, A would then wait on B's K2 while B waits on A's K1: a deadlock that
+    PostgreSQL breaks by failing one batch (retried a second later). Inserted in request id order, A waits on
+    nothing of B's.
+    """
+    k0, k1, k2 = sorted(str(uuid.uuid4()) for _ in range(3))
+    connection = await db.acquire()
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        await connection.execute(
+            f"INSERT INTO {BIDS_TABLE} (request_id, product_id, current_cpc, target_roas, adjusted_cpc,"
+            " request_fingerprint) VALUES ($1, 24, 1, 150, 1.5, $2)",
+            uuid.UUID(k0),
+            request_fingerprint(24, 1.0, 150.0),
+        )
+        a_batch = await feed(
+            redis, [request(k1, "a1", 25, 1.0), request(k0, "a0", 24, 1.0), request(k2, "a2", 26, 1.0)], "a"
+        )
+        agent_a = asyncio.create_task(handler(db, redis)(a_batch))
+        await wait_for("agent A waits on the test's row", lambda: waiting_inserts(db))
+        b_batch = await feed(redis, [request(k2, "b2", 26, 1.0), request(k1, "b1", 25, 1.0)], "b")
+        agent_b = asyncio.create_task(handler(db, redis)(b_batch))
+
+        async def b_done_or_waiting() -> bool:
+            return agent_b.done() or await waiting_inserts(db) == 2
+
+        await wait_for("agent B has stored its batch or waits", b_done_or_waiting)
+        await transaction.commit()
+    finally:
+        await db.release(connection)
+    await asyncio.wait_for(asyncio.gather(agent_a, agent_b), DEADLINE_S)  # raises DeadlockDetectedError if any
+
+    answers = await replies(redis)
+    for name, request_id in [("1", k1), ("2", k2)]:
+        bid_id = await the_row(db, request_id, 1.0)
+        for reply_id in (f"a{name}", f"b{name}"):
+            [reply] = answers[reply_id]
+            assert_bid(reply, bid_id, 1.0)
+    [a0] = answers["a0"]
+    assert_bid(a0, await the_row(db, k0, 1.0), 1.0)
+
+
 class DiesAfterCommit(PricingHandler):
     async def _publish(self, *args: Any, **kwargs: Any) -> None:
         raise ConnectionError("the process died between the commit and the replies")
