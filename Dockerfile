@@ -25,6 +25,7 @@ COPY ingest ./ingest
 COPY processors ./processors
 COPY monitor ./monitor
 COPY schema ./schema
+COPY redis_streams ./redis_streams
 COPY legacy ./legacy
 RUN pip wheel --wheel-dir /wheels .
 

@@ -25,9 +25,9 @@ import uuid
 
 from redis import asyncio as aioredis
 
+from redis_streams.pipe import execute_packed, xadd
 from schema import keys
 from schema.events import BidRequested
-from schema.redis_pipe import execute_packed, xadd
 
 
 def cpu_seconds(pid: int) -> float:

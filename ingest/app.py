@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c2a52-3f5e-4d0b-9a51-1c7e0a3b8d21")
 MAX_IDEMPOTENCY_KEY = 255
 
-GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
-
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
@@ -65,7 +63,14 @@ class Gateway:
         self.id = uuid.uuid4().hex
         self.reply_stream = keys.reply_stream(self.id)
         self.publisher = StreamPublisher(redis, keys.BID_REQUESTS)
-        self.replies = ReplyRouter(redis, self.reply_stream, settings.reply_timeout_s)
+        self.replies = ReplyRouter(
+            redis,
+            self.reply_stream,
+            timeout_s=settings.reply_timeout_s,
+            read_count=settings.reply_read_count,
+            read_block_ms=settings.reply_read_block_ms,
+            ttl_s=settings.reply_stream_ttl_s,
+        )
         self.backends = BackendMonitor(redis, database_url)
         self._reply_ids = itertools.count()
 
@@ -168,7 +173,6 @@ class Gateway:
 def create_app(settings: Settings, redis: aioredis.Redis, database_url: str) -> web.Application:
     gateway = Gateway(settings, redis, database_url)
     app = web.Application(client_max_size=settings.max_body_bytes)
-    app[GATEWAY] = gateway
     app.router.add_post("/api/bid/", gateway.post_bid)
     app.router.add_post("/api/bid", gateway.post_bid)
     app.router.add_get("/health", gateway.health)

@@ -16,7 +16,6 @@ our INSERT waited on it (a reclaimed entry handled twice): the same comparison d
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -30,12 +29,12 @@ import asyncpg
 from redis import asyncio as aioredis
 
 from legacy import calculate_adjusted_cpc
-from processors.redis_streams import Batch, StreamEntry
+from redis_streams.groups import Batch, StreamEntry
+from redis_streams.pipe import Command, execute_packed, xadd
 from schema import keys
 from schema.database import BIDS_TABLE
-from schema.events import BidReply, BidRequested, EventDecodeError, PricedBid, encode_replies, money
+from schema.events import BidReply, BidRequested, DeadLetter, EventDecodeError, PricedBid, encode_replies, money
 from schema.idempotency import request_fingerprint
-from schema.redis_pipe import Command, execute_packed, xadd
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ def _stored_row(row: asyncpg.Record) -> StoredRow:
         request_id=str(row["request_id"]),
         product_id=row["product_id"],
         current_cpc=current_cpc,
-        target_roas=target_roas.normalize(),
+        target_roas=target_roas,
         adjusted_cpc=adjusted_cpc,
         calculated_at=calculated_at,
     )
@@ -256,13 +255,8 @@ class PricingHandler:
                 commands.append(xadd(keys.BIDS_PRICED, bid.to_fields()))
         for entry, reason, event in dead:
             log.error("dead-lettering %s: %s", entry.id, reason)
-            dead_letter = {
-                "entry_id": entry.id,
-                "stream": keys.BID_REQUESTS,
-                "reason": reason,
-                "fields": json.dumps(entry.fields),
-            }
-            commands.append(xadd(keys.BIDS_DEAD_LETTER, dead_letter))
+            dead_letter = DeadLetter(entry.id, keys.BID_REQUESTS, reason, entry.fields)
+            commands.append(xadd(keys.BIDS_DEAD_LETTER, dead_letter.to_fields()))
             if event is not None:
                 replies[event.reply_to].append(BidReply(event.reply_id, error=BidReply.REJECTED))
         for reply_to, answers in replies.items():

@@ -1,7 +1,11 @@
 """Configuration, read once from the environment into one typed object.
 
 Every role takes a `Settings` instead of reading `os.environ` itself, so the full list of knobs lives here
-and is documented in the README.
+and is documented in the README. Anything that sizes a Redis key or a loop is a field here.
+
+The command line reads `Settings` once, checks what a command needs and hands the role the narrower type it
+asks for: `RedisSettings`, `DatabaseSettings` or `ServerSettings`, whose URLs are `str`, not optional, so no
+role checks them again.
 """
 
 from __future__ import annotations
@@ -9,14 +13,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 
 class SettingsError(ValueError):
-    """An environment variable holds a value of the wrong type."""
+    """An environment variable is missing or holds a value of the wrong type."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     # Servers. Unset means: start embedded ones (development and tests only).
     redis_url: str | None = None
@@ -30,12 +34,21 @@ class Settings:
     max_in_flight: int = 20_000
     max_pricing_lag: int = 200_000
     retry_after_s: int = 1
+    gateway_redis_connections: int = 64  # the gateway's Redis pool
+    reply_read_count: int = 1000  # replies read per XREAD of the gateway's reply stream
+    reply_read_block_ms: int = 1000
+    # An abandoned reply stream (its gateway died) expires this long after the gateway last refreshed it.
+    reply_stream_ttl_s: int = 300
+
+    # Both agents (processors/): how they read their consumer groups.
+    claim_idle_ms: int = 15_000  # another consumer's entry is taken over after this long unacknowledged
+    agent_read_ahead: int = 1  # batches read but not yet handled, per agent process
+    handler_retry_delay_s: float = 1.0  # pause before a failed batch (or read) is tried again
 
     # Pricing agent (processors/).
     pricing_batch_size: int = 1000
     pricing_block_ms: int = 100
     pricing_concurrency: int = 1
-    claim_idle_ms: int = 15_000
     reply_stream_maxlen: int = 100_000
     priced_retention_s: int = 24 * 3600
     requests_retention_s: int = 3600
@@ -44,6 +57,9 @@ class Settings:
     # Audit agent (processors/).
     audit_report_cron: str = "0 6 * * *"
     audit_batch_size: int = 500
+    audit_block_ms: int = 100
+    audit_flags_maxlen: int = 100_000  # audit:flags keeps about this many entries
+    audit_reports_maxlen: int = 1_000  # audit:reports keeps about this many daily reports
 
     # Competitor monitor (monitor/).
     monitor_source_url: str = "https://dummyjson.com/products"
@@ -70,6 +86,52 @@ class Settings:
                 continue
             values[field.name] = _coerce(field.name, hints[field.name], raw)
         return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings(Settings):
+    """Settings of a command that needs Redis."""
+
+    redis_url: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisSettings:
+        return _narrow(cls, settings)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseSettings(Settings):
+    """Settings of a command that needs PostgreSQL."""
+
+    database_url: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DatabaseSettings:
+        return _narrow(cls, settings)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings(RedisSettings, DatabaseSettings):
+    """Settings of a role that needs both servers (the gateway, the agents)."""
+
+    redis_url: str
+    database_url: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServerSettings:
+        return _narrow(cls, settings)
+
+
+_NarrowT = TypeVar("_NarrowT", bound=Settings)
+
+
+def _narrow(cls: type[_NarrowT], settings: Settings) -> _NarrowT:
+    """`settings` as `cls`, or `SettingsError` naming every required URL that is unset."""
+    required = [name for name in ("redis_url", "database_url") if get_type_hints(cls)[name] is str]
+    missing = [name.upper() for name in required if not getattr(settings, name)]
+    if missing:
+        raise SettingsError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
+    return cls(**{field.name: getattr(settings, field.name) for field in fields(settings)})
 
 
 def _coerce(name: str, hint: Any, raw: str) -> Any:

@@ -34,12 +34,13 @@ import redis.asyncio as aioredis
 
 from legacy import calculate_adjusted_cpc
 from processors.pricing import PricingHandler
-from processors.redis_streams import Batch, GroupConfig, GroupReader
+from redis_streams.groups import Batch, GroupReader
 from schema import keys
 from schema.database import BIDS_TABLE
 from schema.events import BidReply, BidRequested, decode_replies, money
 from schema.idempotency import request_fingerprint
 from tests.pipeline.conftest import Pipeline
+from tests.support import group_config_for_tests
 
 REPLIES = "bids:replies:test"
 DEADLINE_S = 30.0  # a fail-safe for waits on a state; no test relies on anything happening within a time
@@ -62,7 +63,9 @@ async def feed(
     for entry in entries:
         fields = entry.to_fields() if isinstance(entry, BidRequested) else entry
         await redis.xadd(keys.BID_REQUESTS, fields)  # type: ignore[arg-type]
-    reader = GroupReader(redis, GroupConfig(keys.BID_REQUESTS, keys.PRICING_GROUP, consumer, batch_size=10_000))
+    reader = GroupReader(
+        redis, group_config_for_tests(keys.BID_REQUESTS, keys.PRICING_GROUP, consumer, batch_size=10_000)
+    )
     await reader.ensure_group()
     batch = await reader.read()
     expected = [e.reply_id if isinstance(e, BidRequested) else e["reply_id"] for e in entries]
@@ -396,7 +399,9 @@ async def test_a_reclaimed_entry_stored_by_two_agents_at_once_is_answered_the_sa
     await asyncio.wait_for(first_agent.executed.wait(), DEADLINE_S)
 
     # The first agent looks stalled: a second consumer takes its entries over, with a new conflicting body.
-    second = GroupReader(redis, GroupConfig(keys.BID_REQUESTS, keys.PRICING_GROUP, "second", claim_idle_ms=0))
+    second = GroupReader(
+        redis, group_config_for_tests(keys.BID_REQUESTS, keys.PRICING_GROUP, "second", claim_idle_ms=0)
+    )
     reclaimed = await second.reclaim()
     assert [entry.id for entry in reclaimed] == [entry.id for entry in batch]
     conflict = await feed(redis, [request(key, "conflict", 17, 2.5)], "third")
@@ -546,10 +551,10 @@ async def test_a_batch_handled_again_after_its_commit_gives_the_same_answers(
         await DiesAfterCommit(db, redis, reply_stream_maxlen=1000)(batch)
     assert await redis.xlen(REPLIES) == 0
     if how == "redelivered":  # the same consumer restarts and re-reads its own pending entries
-        again = await GroupReader(redis, GroupConfig(keys.BID_REQUESTS, keys.PRICING_GROUP, "first")).read()
+        again = await GroupReader(redis, group_config_for_tests(keys.BID_REQUESTS, keys.PRICING_GROUP, "first")).read()
     else:  # another consumer takes them over with XAUTOCLAIM
         again = await GroupReader(
-            redis, GroupConfig(keys.BID_REQUESTS, keys.PRICING_GROUP, "second", claim_idle_ms=0)
+            redis, group_config_for_tests(keys.BID_REQUESTS, keys.PRICING_GROUP, "second", claim_idle_ms=0)
         ).reclaim()
     assert [entry.id for entry in again] == [entry.id for entry in batch]
     await handler(db, redis)(again)

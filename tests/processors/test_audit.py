@@ -8,11 +8,14 @@ from decimal import Decimal
 
 import redis.asyncio as aioredis
 
-from processors.audit import audit_batch
-from processors.audit_store import audit_stats, day_key, seen_key
-from schema.keys import AUDIT_FLAGS
+from processors.audit import AuditBatchResult, AuditHandler, Entry, audit_batch
+from processors.audit_stats import audit_stats
+from processors.audit_store import AuditStore
+from redis_streams.groups import Batch, StreamEntry
+from schema.keys import AUDIT_FLAGS, AUDIT_GROUP, BIDS_PRICED, audit_day_key, audit_seen_key
+from schema.settings import Settings
 
-from .helpers import NOW, entry, priced
+from .audit_helpers import NOW, entry, priced
 
 EDGES = [
     priced(1, "10.00", "12.00"),  # +20.00%: not flagged
@@ -24,12 +27,17 @@ EDGES = [
 ]
 
 
+async def review(redis: aioredis.Redis, entries: list[Entry], *, now: datetime) -> AuditBatchResult:
+    store = AuditStore(redis, flags_maxlen=Settings().audit_flags_maxlen)
+    return await audit_batch(entries, store=store, now=now)
+
+
 async def flags(redis: aioredis.Redis) -> list[dict[str, str]]:
     return [fields for _, fields in await redis.xrange(AUDIT_FLAGS)]
 
 
 async def test_flags_only_beyond_twenty_percent(redis: aioredis.Redis) -> None:
-    result = await audit_batch(redis, [entry(b) for b in EDGES], now=NOW)
+    result = await review(redis, [entry(b) for b in EDGES], now=NOW)
 
     assert (result.counted, result.flagged, result.duplicates) == (6, 3, 0)
     emitted = await flags(redis)
@@ -52,7 +60,7 @@ async def test_flags_only_beyond_twenty_percent(redis: aioredis.Redis) -> None:
 async def test_aggregates_per_day_and_product(redis: aioredis.Redis) -> None:
     yesterday = NOW - timedelta(days=1)
     bids = [*EDGES, priced(7, "1.00", "2.00", product_id=9, at=yesterday)]
-    await audit_batch(redis, [entry(b) for b in bids], now=NOW)
+    await review(redis, [entry(b) for b in bids], now=NOW)
 
     stats = await audit_stats(redis, now=NOW)
 
@@ -79,8 +87,8 @@ async def test_aggregates_per_day_and_product(redis: aioredis.Redis) -> None:
 
 async def test_redelivery_counts_and_flags_once(redis: aioredis.Redis) -> None:
     entries = [entry(b) for b in EDGES]
-    await audit_batch(redis, entries, now=NOW)
-    again = await audit_batch(redis, entries, now=NOW + timedelta(minutes=5))
+    await review(redis, entries, now=NOW)
+    again = await review(redis, entries, now=NOW + timedelta(minutes=5))
 
     assert (again.counted, again.flagged, again.duplicates) == (0, 0, 6)
     assert len(await flags(redis)) == 3
@@ -95,7 +103,7 @@ async def test_concurrent_handlers_over_overlapping_entries(redis_url: str, redi
     # Two clients, as two agent processes would have, each with its own connection.
     other = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        a, b = await asyncio.gather(audit_batch(redis, first, now=NOW), audit_batch(other, second, now=NOW))
+        a, b = await asyncio.gather(review(redis, first, now=NOW), review(other, second, now=NOW))
     finally:
         await other.aclose()
 
@@ -110,8 +118,8 @@ async def test_concurrent_handlers_over_overlapping_entries(redis_url: str, redi
 
 
 async def test_keys_expire_beyond_the_window(redis: aioredis.Redis) -> None:
-    await audit_batch(redis, [entry(EDGES[1])], now=NOW)
-    for key in (seen_key(NOW.date()), day_key(NOW.date())):
+    await review(redis, [entry(EDGES[1])], now=NOW)
+    for key in (audit_seen_key(NOW.date()), audit_day_key(NOW.date())):
         ttl = await redis.ttl(key)
         assert 8 * 86_400 < ttl <= 10 * 86_400
 
@@ -119,20 +127,18 @@ async def test_keys_expire_beyond_the_window(redis: aioredis.Redis) -> None:
 async def test_too_old_and_invalid_entries_are_skipped(redis: aioredis.Redis) -> None:
     old = priced(1, "10.00", "20.00", at=NOW - timedelta(days=9))
     broken = ("2-0", {"bid_id": "2", "product_id": "x"})
-    result = await audit_batch(redis, [entry(old), broken], now=NOW)
+    result = await review(redis, [entry(old), broken], now=NOW)
 
     assert (result.counted, result.too_old, result.invalid) == (0, 1, 1)
     assert await flags(redis) == []
-    assert await redis.exists(day_key(old.calculated_at.date())) == 0
+    assert await redis.exists(audit_day_key(old.calculated_at.date())) == 0
 
 
 async def test_bridge_handler_takes_stream_entries(redis: aioredis.Redis) -> None:
-    from processors.audit import make_handler
-    from processors.redis_streams import StreamEntry
-
-    handle = make_handler(redis)  # judges age against the wall clock, so the bids are from now
+    handle = AuditHandler(redis, flags_maxlen=Settings().audit_flags_maxlen)  # judges age by the wall clock
     fresh = [priced(b.bid_id, str(b.current_cpc), str(b.adjusted_cpc), at=datetime.now(UTC)) for b in EDGES]
-    batch = [StreamEntry(entry_id, dict(fields)) for entry_id, fields in (entry(b) for b in fresh)]
+    entries = [StreamEntry(entry_id, dict(fields)) for entry_id, fields in (entry(b) for b in fresh)]
+    batch = Batch(entries, BIDS_PRICED, AUDIT_GROUP)
     await handle(batch)
     await handle(batch)  # the bridge redelivers a batch whose ack failed
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from faust.utils import cron
 
-from processors.audit import build_audit_app
-from schema.settings import Settings
+from processors.workers import build_audit_app
+from schema.settings import ServerSettings
 
 
 def crontabs(app: Any) -> list[tuple[str, tzinfo | None, str]]:
@@ -31,7 +31,7 @@ def crontabs(app: Any) -> list[tuple[str, tzinfo | None, str]]:
 
 
 def test_daily_audit_is_a_utc_crontab_with_the_configured_schedule() -> None:
-    settings = Settings(
+    settings = ServerSettings(
         redis_url="redis://127.0.0.1:1/0", database_url="postgresql://x@127.0.0.1:1/x", audit_report_cron="30 5 * * *"
     )
     app = build_audit_app(settings, consumer="audit-test")
@@ -42,7 +42,7 @@ def test_daily_audit_is_a_utc_crontab_with_the_configured_schedule() -> None:
 
 
 def test_audit_agent_is_registered_on_its_own_group() -> None:
-    settings = Settings(redis_url="redis://127.0.0.1:1/0", database_url="postgresql://x@127.0.0.1:1/x")
+    settings = ServerSettings(redis_url="redis://127.0.0.1:1/0", database_url="postgresql://x@127.0.0.1:1/x")
     app = build_audit_app(settings, consumer="audit-test")
 
     names = [agent.name for agent in app.agents.values()]

@@ -11,6 +11,9 @@ import redis.asyncio as aioredis
 
 from processors.audit_report import TITLE, run_report, run_scheduled_report
 from schema.keys import AUDIT_REPORTS
+from schema.settings import Settings
+
+MAXLEN = Settings().audit_reports_maxlen
 
 # (product, current, adjusted, age): only rows younger than 7 days are reviewed.
 ROWS = [
@@ -48,7 +51,7 @@ async def test_report_lists_flagged_bids_of_the_last_seven_days(db: asyncpg.Pool
     ids = await insert_rows(db)
     out = io.StringIO()
 
-    report = await run_report(db, redis, out=out)
+    report = await run_report(db, redis, out=out, reports_maxlen=MAXLEN)
 
     text = out.getvalue()
     assert TITLE in text.splitlines()[1]
@@ -65,8 +68,10 @@ async def test_report_lists_flagged_bids_of_the_last_seven_days(db: asyncpg.Pool
     assert text.rstrip().endswith("4 flagged bids listed")
 
     assert (report.reviewed, report.flagged, report.lines_written) == (6, 4, 4)
-    assert report.deviation_total == Decimal("2.00") + Decimal("2.01") * 2 + Decimal("2.00") + Decimal("0.40") + 4
-    assert report.flagged_deviation_total == Decimal("2.01") * 2 + Decimal("0.40") + 4
+    assert (
+        report.summary.deviation_total == Decimal("2.00") + Decimal("2.01") * 2 + Decimal("2.00") + Decimal("0.40") + 4
+    )
+    assert report.summary.flagged_deviation_total == Decimal("2.01") * 2 + Decimal("0.40") + 4
     entries = await redis.xrange(AUDIT_REPORTS)
     assert [entry_id for entry_id, _ in entries] == [report.stream_id]
     summary = entries[0][1]
@@ -76,7 +81,7 @@ async def test_report_lists_flagged_bids_of_the_last_seven_days(db: asyncpg.Pool
 
 async def test_empty_window(db: asyncpg.Pool, redis: aioredis.Redis) -> None:
     out = io.StringIO()
-    report = await run_report(db, None, out=out)
+    report = await run_report(db, None, out=out, reports_maxlen=MAXLEN)
     assert (report.reviewed, report.flagged, report.lines_written, report.stream_id) == (0, 0, 0, None)
     assert "bids reviewed: 0" in out.getvalue()
     assert await redis.xlen(AUDIT_REPORTS) == 0
@@ -84,8 +89,8 @@ async def test_empty_window(db: asyncpg.Pool, redis: aioredis.Redis) -> None:
 
 async def test_scheduled_run_happens_once_a_day_across_workers(db: asyncpg.Pool, redis: aioredis.Redis) -> None:
     await insert_rows(db)
-    first = await run_scheduled_report(db, redis, out=io.StringIO())
-    second = await run_scheduled_report(db, redis, out=io.StringIO())
+    first = await run_scheduled_report(db, redis, out=io.StringIO(), reports_maxlen=MAXLEN)
+    second = await run_scheduled_report(db, redis, out=io.StringIO(), reports_maxlen=MAXLEN)
 
     assert first is not None
     assert first.flagged == 4

@@ -13,8 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from processors.app import create_app
+from processors.bridge import group_agent
 from processors.heartbeat import heartbeat_path
-from processors.redis_streams import Batch, GroupConfig, group_agent
+from redis_streams.groups import Batch
+from tests.support import group_config_for_tests
 
 STREAM = "test:heartbeat"
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,10 +54,10 @@ async def test_heartbeat_beats_while_reading_and_stops_when_the_handler_hangs(
         await release.wait()
 
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    config = GroupConfig(
-        stream=STREAM,
-        group="g",
-        consumer="c",
+    config = group_config_for_tests(
+        STREAM,
+        "g",
+        "c",
         batch_size=1,
         block_ms=10,
         read_ahead=read_ahead,

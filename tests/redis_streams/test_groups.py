@@ -9,16 +9,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from processors.app import create_app
-from processors.redis_streams import (
-    Batch,
-    GroupConfig,
-    GroupReader,
-    StreamEntry,
-    group_agent,
-    handle_until_done,
-    trim_processed,
-)
-from schema.streams import group_lag
+from processors.bridge import group_agent, handle_until_done
+from redis_streams.groups import Batch, GroupConfig, GroupReader, StreamEntry, group_lag, trim_processed
+from tests.support import group_config_for_tests
 
 STREAM = "test:stream"
 
@@ -26,7 +19,7 @@ STREAM = "test:stream"
 def config(consumer: str, **overrides: object) -> GroupConfig:
     options: dict[str, object] = {"batch_size": 10, "block_ms": 10, "claim_idle_ms": 50, "retry_delay_s": 0.01}
     options.update(overrides)
-    return GroupConfig(stream=STREAM, group="g", consumer=consumer, **options)  # type: ignore[arg-type]
+    return group_config_for_tests(STREAM, "g", consumer, **options)
 
 
 async def add(redis: aioredis.Redis, count: int) -> list[str]:
