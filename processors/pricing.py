@@ -244,12 +244,16 @@ class PricingHandler:
         published: set[int] = set()
         for request, same_request in zip(priced, same, strict=True):
             bid = stored[request.event.request_id].bid
-            if same_request:
-                reply = BidReply(request.event.reply_id, bid.bid_id, money(bid.adjusted_cpc))
-            else:
-                # Neither the price nor the id of a bid is ever answered to another request.
-                reply = BidReply(request.event.reply_id, error=BidReply.IDEMPOTENCY_CONFLICT)
-            replies[request.event.reply_to].append(reply)
+            if not same_request:
+                # Neither the price nor the id of a bid is ever answered to another request, and a conflict
+                # publishes nothing: every stored bid is published by the request it was stored for.
+                replies[request.event.reply_to].append(
+                    BidReply(request.event.reply_id, error=BidReply.IDEMPOTENCY_CONFLICT)
+                )
+                continue
+            replies[request.event.reply_to].append(
+                BidReply(request.event.reply_id, bid.bid_id, money(bid.adjusted_cpc))
+            )
             if bid.bid_id not in published:
                 published.add(bid.bid_id)
                 commands.append(xadd(keys.BIDS_PRICED, bid.to_fields()))

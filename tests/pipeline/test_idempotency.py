@@ -226,6 +226,8 @@ async def test_verdicts_hold_across_batches(redis: aioredis.Redis, db: asyncpg.P
             assert_bid(reply, bid_id, bodies["A"])
         else:
             assert_conflict(reply)
+    # Published once by each batch that answered the bid; the batch of conflicts alone published nothing.
+    assert await priced_bid_ids(redis) == [bid_id] * 3
 
 
 # --- what "the same request" means ----------------------------------------------------------------------------
