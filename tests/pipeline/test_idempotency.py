@@ -712,6 +712,7 @@ async def test_end_to_end_what_the_same_request_means(pipeline: Pipeline, db: as
         body(33, '"2.00"'),
         body(33, "2e0"),
         body('"33"', "2", "150.0"),
+        body("33.0", "2", "1.5e2"),
     ]
     answers = await in_one_batch(pipeline, [(data, key) for data in same])
     assert {status for status, _ in answers} == {200}, answers
