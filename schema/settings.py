@@ -72,6 +72,13 @@ class Settings:
     monitor_host: str = "127.0.0.1"
     monitor_port: int = 3001
 
+    # Prometheus /metrics of the roles without an HTTP port of their own (the gateway serves /metrics on
+    # GATEWAY_PORT). Each role gets its own port so `bidengine run` can start them side by side.
+    metrics_host: str = "127.0.0.1"
+    pricing_metrics_port: int = 9101
+    audit_metrics_port: int = 9102
+    monitor_metrics_port: int = 9103
+
     log_level: str = "INFO"
 
     @classmethod
