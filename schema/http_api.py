@@ -183,15 +183,20 @@ def _post_bid() -> dict[str, Any]:
         "summary": "Price and store a bid",
         "description": (
             "Answers 200 only after the row is committed. adjusted_cpc is computed exactly as the legacy PHP "
-            "helper computes it. A retry with the same Idempotency-Key after a 503, a 504 or a lost connection "
-            "returns the same bid_id and stores nothing new."
+            "helper computes it. A retry with the same Idempotency-Key and the same request after a 503, a 504 or "
+            "a lost connection returns the same bid_id and adjusted_cpc and stores nothing new; the same key with "
+            "another request is a 422."
         ),
         "parameters": [
             {
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": False,
-                "description": "Names the bid: the same key always returns the same stored bid.",
+                "description": (
+                    "Names one bid, as in Stripe's API: the same key with the same request (product_id, current_cpc "
+                    'and target_roas as numbers: 2, 2.0 and "2" are one value; 1.001 and 1.004 are two) replays '
+                    "the stored bid; the same key with another request is a 422 and returns nothing of that bid."
+                ),
                 "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
             }
         ],
@@ -201,7 +206,11 @@ def _post_bid() -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{BidRequest.__name__}"}}},
         },
         "responses": {
-            "200": _json(BidAccepted, "Stored (or already stored under this Idempotency-Key).", _REQUEST_ID_HEADER),
+            "200": _json(
+                BidAccepted,
+                "Stored (or already stored under this Idempotency-Key for the same request).",
+                _REQUEST_ID_HEADER,
+            ),
             "400": _json(
                 ErrorBody,
                 "Invalid input: the legacy messages first (Invalid product ID, Invalid current CPC, Invalid target "
