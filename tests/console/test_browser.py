@@ -1,7 +1,8 @@
 """The console in a real browser (headless Chromium driven by Playwright) against the real running system:
 gateway, pricing agent, audit agent and console as processes on the test Redis and PostgreSQL.
 
-Each scenario also saves a screenshot of its page into docs/console/ (shown in docs/console.md).
+Each scenario also takes a screenshot of its page: into a temporary directory, or, to refresh the ones shown in
+docs/console.md, into the directory named by CONSOLE_SCREENSHOTS_DIR (`CONSOLE_SCREENSHOTS_DIR=docs/console`).
 Needs Debian's `chromium` (/usr/bin/chromium); without it these tests are skipped, under CI=true they fail.
 Run them alone with `scripts/test tests/console/test_browser.py`.
 """
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -44,7 +46,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+DOCUMENTED_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+# A test run leaves the committed screenshots alone unless asked to refresh them.
+SCREENSHOTS = Path(os.environ.get("CONSOLE_SCREENSHOTS_DIR") or tempfile.mkdtemp(prefix="console-screenshots-"))
+SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 WAIT_MS = 30_000
 
 
@@ -181,7 +186,6 @@ async def log_in(page: Any, system: System, name: str, path: str = "/") -> None:
 
 
 async def shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
@@ -374,6 +378,6 @@ async def test_the_other_pages(page: Any, system: System) -> None:
 
 
 def test_screenshots_are_documented() -> None:
-    doc = (SCREENSHOTS.parent / "console.md").read_text(encoding="utf-8")
-    for png in sorted(SCREENSHOTS.glob("*.png")):
+    doc = (DOCUMENTED_SCREENSHOTS.parent / "console.md").read_text(encoding="utf-8")
+    for png in sorted(DOCUMENTED_SCREENSHOTS.glob("*.png")):
         assert f"console/{png.name}" in doc, f"docs/console.md does not show {png.name}"
