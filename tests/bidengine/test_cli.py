@@ -19,6 +19,8 @@ CLEAN_ENV = ("REDIS_URL", "DATABASE_URL")
         ("migrate", "DATABASE_URL is required"),
         ("audit-report", "DATABASE_URL is required"),
         ("audit-stats", "REDIS_URL is required"),
+        ("console", "REDIS_URL and DATABASE_URL are required"),
+        ("console-user list", "DATABASE_URL is required"),
     ],
 )
 def test_a_command_without_its_urls_exits_2_before_starting(
