@@ -1,6 +1,8 @@
-"""`bidengine`: the one command-line entry that starts any role, or all of them.
+"""`bidengine`: the one command-line entry that starts any role, or all of them: the composition root.
 
-Each role lives in its own package and is imported lazily here, so a process loads only the role it runs.
+It reads the settings once, checks what the command needs (the server URLs), tunes the process for the
+long-running roles, and hands each role the settings type it asks for. Each role lives in its own package
+and is imported lazily here, so a process loads only the role it runs.
 """
 
 from __future__ import annotations
@@ -9,18 +11,19 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
-from schema.settings import Settings
+from schema.settings import DatabaseSettings, RedisSettings, ServerSettings, Settings, SettingsError
 
-Command = Callable[[Settings, argparse.Namespace], int]
+# Exit status of a command started without what it needs (as argparse does for bad arguments).
+USAGE_ERROR = 2
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     from schema.database import apply_migrations
 
-    if not settings.database_url:
-        raise SystemExit("DATABASE_URL is required for `bidengine migrate`")
-    applied = apply_migrations(settings.database_url)
+    applied = apply_migrations(DatabaseSettings.from_settings(settings).database_url)
     logging.getLogger("bidengine").info("migrations applied: %s", applied or "none pending")
     return 0
 
@@ -28,30 +31,73 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
 def _gateway(settings: Settings, _args: argparse.Namespace) -> int:
     from ingest.server import main
 
-    return main(settings)
+    return _long_running(main, ServerSettings.from_settings(settings))
 
 
 def _pricing_agent(settings: Settings, _args: argparse.Namespace) -> int:
-    from processors.workers import run_pricing_worker
+    from processors.workers import build_pricing_app, run_worker
 
-    return run_pricing_worker(settings)
+    server_settings = ServerSettings.from_settings(settings)
+    return _long_running(lambda s: run_worker(build_pricing_app(s), s), server_settings)
 
 
 def _audit_agent(settings: Settings, _args: argparse.Namespace) -> int:
-    from processors.workers import run_audit_worker
+    from processors.workers import build_audit_app, run_worker
 
-    return run_audit_worker(settings)
+    server_settings = ServerSettings.from_settings(settings)
+    return _long_running(lambda s: run_worker(build_audit_app(s), s), server_settings)
 
 
 def _monitor(settings: Settings, _args: argparse.Namespace) -> int:
     from monitor.service import main
 
-    return main(settings)
+    # No embedded fallback here: prices written to a private Redis would reach no consumer.
+    return main(RedisSettings.from_settings(settings))
+
+
+_RoleSettings = TypeVar("_RoleSettings", bound=Settings)
+
+
+def _long_running(role: Callable[[_RoleSettings], int], settings: _RoleSettings) -> int:
+    from bidengine.process import tune_for_throughput
+
+    tune_for_throughput()
+    return role(settings)
+
+
+def _console(settings: Settings, _args: argparse.Namespace) -> int:
+    from console.server import main
+
+    return main(ServerSettings.from_settings(settings))
+
+
+def _console_user(settings: Settings, args: argparse.Namespace) -> int:
+    from console.user_cli import main
+
+    return main(DatabaseSettings.from_settings(settings), args.action, args.name, args.role)
+
+
+# The same as console.user_cli.ACTIONS, not imported from there: building the parser must stay light
+# (`bidengine probe` runs every few seconds and loads no client library).
+CONSOLE_USER_ACTIONS = ("add", "list", "disable", "enable", "password")
+
+
+def _console_user_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action", choices=CONSOLE_USER_ACTIONS, help="add a user, list them, disable/enable one, set a password"
+    )
+    parser.add_argument("name", nargs="?", help="the user name (lower-case letters, digits, '.', '_', '-')")
+    parser.add_argument("--role", choices=["viewer", "operator"], help="for add: viewer (default) or operator")
 
 
 def _run_all(settings: Settings, args: argparse.Namespace) -> int:
-    from bidengine.supervisor import run_all
+    import os
 
+    from bidengine.supervisor import run_all
+    from console.server import ensure_development_session_key
+
+    # Development only: the console gets a throwaway session key when none is set (and says so).
+    ensure_development_session_key(os.environ)
     return run_all(settings, fake_source=args.fake_source)
 
 
@@ -66,13 +112,13 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 def _audit_report(settings: Settings, _args: argparse.Namespace) -> int:
     from processors.audit_cli import report_main
 
-    return report_main(settings)
+    return report_main(DatabaseSettings.from_settings(settings))
 
 
 def _audit_stats(settings: Settings, args: argparse.Namespace) -> int:
     from processors.audit_cli import stats_main
 
-    return stats_main(settings, product_ids=args.product, as_json=args.json, top=args.top)
+    return stats_main(RedisSettings.from_settings(settings), product_ids=args.product, as_json=args.json, top=args.top)
 
 
 def _audit_stats_options(parser: argparse.ArgumentParser) -> None:
@@ -85,10 +131,9 @@ def _seed(settings: Settings, args: argparse.Namespace) -> int:
     from bidengine.seed import main
     from schema.database import apply_migrations
 
-    if not settings.database_url:
-        raise SystemExit("DATABASE_URL is required for `bidengine seed`")
-    apply_migrations(settings.database_url)
-    return main(settings.database_url, args.rows, args.days, args.products)
+    database_url = DatabaseSettings.from_settings(settings).database_url
+    apply_migrations(database_url)
+    return main(database_url, args.rows, args.days, args.products)
 
 
 def _seed_options(parser: argparse.ArgumentParser) -> None:
@@ -123,48 +168,63 @@ def _probe_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-COMMANDS: dict[str, tuple[Command, str]] = {
-    "run": (_run_all, "run the whole system (embedded Redis/PostgreSQL when no URLs are given)"),
-    "migrate": (_migrate, "apply pending database migrations"),
-    "gateway": (_gateway, "run the HTTP gateway (POST /api/bid/)"),
-    "pricing-agent": (_pricing_agent, "run the Faust worker with the pricing agent"),
-    "audit-agent": (_audit_agent, "run the Faust worker with the audit agent and the daily audit"),
-    "monitor": (_monitor, "run the competitor price monitor"),
-    "audit-report": (_audit_report, "run the daily budget audit now (report on stdout, summary to Redis)"),
-    "audit-stats": (_audit_stats, "print the audit agent's windowed aggregates"),
-    "seed": (_seed, "append realistic bids to the database (COPY), e.g. --rows 1000000 --days 90"),
-    "probe": (_probe, "liveness of a running agent: exit 1 unless its heartbeat file is recent"),
-}
+@dataclass(frozen=True, slots=True)
+class Command:
+    run: Callable[[Settings, argparse.Namespace], int]
+    help: str
+    options: Callable[[argparse.ArgumentParser], None] | None = None
 
-# The options of the commands that take any.
-COMMAND_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "run": _run_options,
-    "audit-stats": _audit_stats_options,
-    "seed": _seed_options,
-    "probe": _probe_options,
+
+COMMANDS: dict[str, Command] = {
+    "run": Command(_run_all, "run the whole system (embedded Redis/PostgreSQL when no URLs are given)", _run_options),
+    "migrate": Command(_migrate, "apply pending database migrations"),
+    "gateway": Command(_gateway, "run the HTTP gateway (POST /api/bid/)"),
+    "pricing-agent": Command(_pricing_agent, "run the Faust worker with the pricing agent"),
+    "audit-agent": Command(_audit_agent, "run the Faust worker with the audit agent and the daily audit"),
+    "monitor": Command(_monitor, "run the competitor price monitor"),
+    "audit-report": Command(_audit_report, "run the daily budget audit now (report on stdout, summary to Redis)"),
+    "audit-stats": Command(_audit_stats, "print the audit agent's windowed aggregates", _audit_stats_options),
+    "seed": Command(
+        _seed, "append realistic bids to the database (COPY), e.g. --rows 1000000 --days 90", _seed_options
+    ),
+    "probe": Command(_probe, "liveness of a running agent: exit 1 unless its heartbeat file is recent", _probe_options),
+    "console": Command(_console, "run the on-call web console (docs/console.md)"),
+    "console-user": Command(
+        _console_user,
+        "manage console users: add|list|disable|enable|password NAME [--role viewer|operator]",
+        _console_user_options,
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bidengine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text)
-        if name in COMMAND_OPTIONS:
-            COMMAND_OPTIONS[name](command_parser)
+    for name, command in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=command.help)
+        if command.options is not None:
+            command.options(command_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"bidengine {args.command}: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    command, _ = COMMANDS[args.command]
-    return command(settings, args)
+    try:
+        return COMMANDS[args.command].run(settings, args)
+    except SettingsError as exc:
+        # Raised before the role starts: a missing URL or a malformed value, never a runtime failure.
+        print(f"bidengine {args.command}: {exc} (`bidengine run` starts embedded servers)", file=sys.stderr)
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import asyncpg
 
+from legacy import calculate_adjusted_cpc
 from schema.database import BIDS_TABLE
 
 DEFAULT_ROWS = 1_000_000
@@ -28,23 +29,10 @@ CENT = Decimal("0.01")
 COLUMNS = ("product_id", "current_cpc", "target_roas", "adjusted_cpc", "calculated_at", "request_id")
 
 
-def _fallback_adjusted_cpc(current_cpc: Decimal, target_roas: Decimal) -> Decimal:
-    # Only when legacy/ is absent: the legacy rule round(cpc * (roas / 100), 2), in Decimal.
-    return (current_cpc * target_roas / 100).quantize(CENT, rounding=ROUND_HALF_UP)
-
-
-def _adjusted_formula() -> tuple[Callable[[Decimal, Decimal], Decimal], str]:
-    try:
-        from legacy import calculate_adjusted_cpc  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return _fallback_adjusted_cpc, "seed fallback (current * roas / 100, ROUND_HALF_UP)"
-
-    def legacy_formula(current_cpc: Decimal, target_roas: Decimal) -> Decimal:
-        # The port takes what PHP took: numbers, not Decimals.
-        value = calculate_adjusted_cpc(float(current_cpc), float(target_roas))
-        return Decimal(str(value)).quantize(CENT, rounding=ROUND_HALF_UP)
-
-    return legacy_formula, "legacy.calculate_adjusted_cpc"
+def legacy_adjusted_cpc(current_cpc: Decimal, target_roas: Decimal) -> Decimal:
+    """The adjusted CPC the pricing agent would store: the legacy port on the floats PHP took, in cents."""
+    value = calculate_adjusted_cpc(float(current_cpc), float(target_roas))
+    return Decimal(str(value)).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 class _Progress:
@@ -82,7 +70,6 @@ async def _chunks(
     products: int,
     end: datetime,
     rng: random.Random,
-    formula: Callable[[Decimal, Decimal], Decimal],
     progress: _Progress,
 ) -> AsyncIterator[bytes]:
     start = end - timedelta(days=days)
@@ -110,7 +97,7 @@ async def _chunks(
             roas = Decimal(round(rng.lognormvariate(4.605, 0.15), 4)).quantize(Decimal("0.0001"))
             if roas <= 0:
                 roas = Decimal("0.0001")
-            adjusted = formula(current, roas)
+            adjusted = legacy_adjusted_cpc(current, roas)
             lines.append(f"{product}\t{current}\t{roas}\t{adjusted}\t{at.isoformat()}\t{uuid.uuid4()}\n")
         done += n
         progress.update(done)
@@ -129,12 +116,11 @@ async def seed(
     end: datetime | None = None,
     progress: bool = True,
     analyze: bool = True,
-) -> str:
-    """Append `rows` bids spread evenly over the `days` before `end` (now); return the formula used."""
+) -> None:
+    """Append `rows` bids spread evenly over the `days` before `end` (now)."""
     if rows <= 0 or days <= 0 or products <= 0:
         raise ValueError("rows, days and products must be positive")
     rng = random.Random(random_seed)
-    formula, formula_name = _adjusted_formula()
     bar = _Progress(rows, progress)
     conn = await asyncpg.connect(database_url)
     try:
@@ -146,7 +132,6 @@ async def seed(
                 products=products,
                 end=end or datetime.now(UTC),
                 rng=rng,
-                formula=formula,
                 progress=bar,
             ),
             columns=list(COLUMNS),
@@ -157,25 +142,9 @@ async def seed(
             await conn.execute(f"ANALYZE {BIDS_TABLE}")
     finally:
         await conn.close()
-    return formula_name
 
 
 def main(database_url: str, rows: int, days: int, products: int = DEFAULT_PRODUCTS) -> int:
-    formula = asyncio.run(seed(database_url, rows, days, products=products))
-    print(f"seeded {rows:,} rows over {days} days ({products:,} products, adjusted_cpc: {formula})")
+    asyncio.run(seed(database_url, rows, days, products=products))
+    print(f"seeded {rows:,} rows over {days} days ({products:,} products)")
     return 0
-
-
-if __name__ == "__main__":
-    import argparse
-    import os
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
-    parser.add_argument("--days", type=int, default=DEFAULT_DAYS)
-    parser.add_argument("--products", type=int, default=DEFAULT_PRODUCTS)
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
-    ns = parser.parse_args()
-    if not ns.database_url:
-        raise SystemExit("DATABASE_URL or --database-url is required")
-    sys.exit(main(ns.database_url, ns.rows, ns.days, ns.products))

@@ -14,8 +14,8 @@ import asyncpg
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from redis_streams.groups import group_lag
 from schema import keys
-from schema.streams import group_lag
 
 log = logging.getLogger(__name__)
 

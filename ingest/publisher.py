@@ -7,7 +7,7 @@ from typing import Any
 
 from redis import asyncio as aioredis
 
-from schema.redis_pipe import execute_packed, xadd
+from redis_streams.pipe import execute_packed, xadd
 
 
 class PublishFailed(Exception):

@@ -9,13 +9,10 @@ import time
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from redis_streams.pipe import execute_packed, read_entries
 from schema.events import BidReply, EventDecodeError, decode_replies
-from schema.redis_pipe import execute_packed, read_entries
 
 log = logging.getLogger(__name__)
-
-# An abandoned reply stream (its gateway died) expires this long after the gateway last refreshed it.
-REPLY_STREAM_TTL_S = 300
 
 
 class ReplyTimeout(Exception):
@@ -29,10 +26,15 @@ class ReplyRouter:
     arrival order with the same timeout, so the oldest ones are always at the front of the dict.
     """
 
-    def __init__(self, redis: aioredis.Redis, stream: str, timeout_s: float) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, stream: str, *, timeout_s: float, read_count: int, read_block_ms: int, ttl_s: int
+    ) -> None:
         self.redis = redis
         self.stream = stream
         self.timeout_s = timeout_s
+        self.read_count = read_count
+        self.read_block_ms = read_block_ms
+        self.ttl_s = ttl_s
         self._waiting: dict[str, tuple[asyncio.Future[BidReply], float]] = {}
 
     @property
@@ -54,7 +56,8 @@ class ReplyRouter:
         while True:
             try:
                 (response,) = await execute_packed(
-                    self.redis, [("XREAD", "COUNT", 1000, "BLOCK", 1000, "STREAMS", self.stream, last_id)]
+                    self.redis,
+                    [("XREAD", "COUNT", self.read_count, "BLOCK", self.read_block_ms, "STREAMS", self.stream, last_id)],
                 )
                 if isinstance(response, Exception):
                     raise response
@@ -85,7 +88,7 @@ class ReplyRouter:
         # Replies already read are never read again: drop them, and let the key expire if we die.
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xtrim(self.stream, minid=last_id, approximate=True)
-            pipe.expire(self.stream, REPLY_STREAM_TTL_S)
+            pipe.expire(self.stream, self.ttl_s)
             await pipe.execute()
 
     async def sweep(self, interval_s: float = 0.05) -> None:

@@ -29,7 +29,7 @@ from monitor.http import build_app
 from monitor.logs import configure_logging
 from monitor.publisher import publish
 from monitor.upstream import normalize
-from schema.settings import Settings
+from schema.settings import RedisSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +175,8 @@ class Monitor:
                     await stop.wait()
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
+async def serve(settings: RedisSettings, stop: asyncio.Event) -> None:
     """Run the poll loop and the HTTP server until `stop` is set, then release everything."""
-    if not settings.redis_url:
-        raise ValueError("serve() needs settings.redis_url")
     redis = connect_redis(settings.redis_url)
     try:
         async with aiohttp.ClientSession() as session:
@@ -205,7 +203,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     log.info("monitor stopped", extra={"event": "stopped"})
 
 
-async def _serve_until_signalled(settings: Settings) -> None:
+async def _serve_until_signalled(settings: RedisSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -218,14 +216,9 @@ def _request_stop(stop: asyncio.Event, signum: int) -> None:
     stop.set()
 
 
-def main(settings: Settings) -> int:
+def main(settings: RedisSettings) -> int:
     """Entry point of `bidengine monitor`: runs until SIGTERM/SIGINT, then returns 0."""
     configure_logging(settings.log_level)
-    if not settings.redis_url:
-        # No embedded fallback here: prices written to a private Redis would reach no consumer. `bidengine
-        # run` starts the embedded servers and hands their URL to every role.
-        log.error("REDIS_URL is required for `bidengine monitor`", extra={"event": "start_failed"})
-        return 2
     try:
         asyncio.run(_serve_until_signalled(settings))
     except OSError as exc:

@@ -13,21 +13,17 @@ the relative deviation is then undefined and reported as "inf".
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Any
 
 from redis import asyncio as aioredis
 
 from processors.audit_store import MAX_EVENT_AGE_DAYS, AuditStore, Observation
-from schema.events import EventDecodeError, PricedBid, money
-from schema.keys import AUDIT_GROUP, BIDS_PRICED
-from schema.settings import Settings
-
-if TYPE_CHECKING:
-    from processors.app import StreamsApp
+from redis_streams.groups import Batch
+from schema.events import AuditFlag, EventDecodeError, PricedBid
+from schema.keys import BIDS_PRICED
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +42,6 @@ def deviation_pct(current_cpc: Decimal, adjusted_cpc: Decimal) -> Decimal | None
     if current_cpc == 0:
         return None
     return ((adjusted_cpc - current_cpc) * 100 / current_cpc).quantize(CENT, rounding=ROUND_HALF_UP)
-
-
-def format_pct(value: Decimal | None) -> str:
-    return "inf" if value is None else f"{value:+}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,18 +63,18 @@ class Review:
             deviation_pct=deviation_pct(current, adjusted),
         )
 
-    def flag_fields(self, flagged_at: datetime) -> dict[str, str]:
-        return {
-            "bid_id": str(self.bid.bid_id),
-            "request_id": self.bid.request_id,
-            "product_id": str(self.bid.product_id),
-            "current_cpc": money(self.bid.current_cpc),
-            "adjusted_cpc": money(self.bid.adjusted_cpc),
-            "deviation": f"{self.deviation:+}",
-            "deviation_pct": format_pct(self.deviation_pct),
-            "calculated_at": self.bid.calculated_at.isoformat(),
-            "flagged_at": flagged_at.isoformat(),
-        }
+    def flag(self, flagged_at: datetime) -> AuditFlag:
+        return AuditFlag(
+            bid_id=self.bid.bid_id,
+            request_id=self.bid.request_id,
+            product_id=self.bid.product_id,
+            current_cpc=self.bid.current_cpc,
+            adjusted_cpc=self.bid.adjusted_cpc,
+            deviation=self.deviation,
+            deviation_pct=self.deviation_pct,
+            calculated_at=self.bid.calculated_at,
+            flagged_at=flagged_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +94,12 @@ def _utc_day(moment: datetime) -> date:
 
 
 async def audit_batch(
-    redis: aioredis.Redis,
     entries: Iterable[Entry],
     *,
-    store: AuditStore | None = None,
+    store: AuditStore,
     now: datetime | None = None,
 ) -> AuditBatchResult:
     """Review a batch of `bids:priced` entries: aggregates and flags, once per bid; safe to call again."""
-    store = store or AuditStore(redis)
     now = now or datetime.now(UTC)
     oldest_day = now.date() - timedelta(days=MAX_EVENT_AGE_DAYS)
     observations: list[Observation] = []
@@ -133,7 +123,7 @@ async def audit_batch(
                 day=day,
                 flagged=review.flagged,
                 deviation_cents=int(abs(review.deviation) * 100),
-                flag_fields=review.flag_fields(now) if review.flagged else {},
+                flag_fields=review.flag(now).to_fields() if review.flagged else {},
             )
         )
     first_seen = await store.record(observations)
@@ -148,59 +138,13 @@ async def audit_batch(
     )
 
 
-def make_handler(redis: aioredis.Redis) -> Callable[[Iterable[Any]], Awaitable[None]]:
-    """Adapt `audit_batch` to the stream bridge, whose entries carry `.id` and `.fields`."""
-    store = AuditStore(redis)
+class AuditHandler:
+    """Reviews a batch from the audit group (the bridge acknowledges it after this returns)."""
 
-    async def handle(batch: Iterable[Any]) -> None:
-        result = await audit_batch(redis, [(entry.id, entry.fields) for entry in batch], store=store)
+    def __init__(self, redis: aioredis.Redis, *, flags_maxlen: int) -> None:
+        self.store = AuditStore(redis, flags_maxlen=flags_maxlen)
+
+    async def __call__(self, batch: Batch) -> None:
+        result = await audit_batch([(entry.id, entry.fields) for entry in batch], store=self.store)
         if result.flagged:
             log.info("audit: %d bids reviewed, %d flagged", result.counted, result.flagged)
-
-    return handle
-
-
-def register_daily_report(app: Any, settings: Settings, redis: aioredis.Redis) -> Callable[[], Awaitable[None]]:
-    """Schedule the daily budget audit on the app at `settings.audit_report_cron` (UTC)."""
-    from processors.audit_report import run_scheduled_report
-
-    async def daily_budget_audit() -> None:
-        if not settings.database_url:
-            log.error("daily budget audit skipped: DATABASE_URL is not set")
-            return
-        try:
-            await run_scheduled_report(settings.database_url, redis)
-        except Exception:
-            # A failed run must not stop the crontab loop: tomorrow's run, and the CLI, still work.
-            log.exception("daily budget audit failed")
-
-    result: Callable[[], Awaitable[None]] = app.crontab(settings.audit_report_cron, timezone=UTC)(daily_budget_audit)
-    return result
-
-
-def build_audit_app(settings: Settings, *, consumer: str | None = None) -> StreamsApp:
-    """The audit worker: the `audit` group on `bids:priced` -> flags and aggregates, plus the daily report."""
-    from processors.app import create_app
-    from processors.heartbeat import heartbeat_path
-    from processors.redis_streams import GroupConfig, default_consumer_name, group_agent
-
-    if not settings.redis_url or not settings.database_url:
-        raise SystemExit("REDIS_URL and DATABASE_URL are required (`bidengine run` starts embedded servers)")
-    app = create_app("bidengine-audit")
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    group_agent(
-        app,
-        redis,
-        GroupConfig(
-            stream=BIDS_PRICED,
-            group=AUDIT_GROUP,
-            consumer=consumer or default_consumer_name("audit"),
-            batch_size=settings.audit_batch_size,
-            claim_idle_ms=settings.claim_idle_ms,
-            heartbeat_file=heartbeat_path("audit-agent"),
-        ),
-        make_handler(redis),
-        name="audit_bids",
-    )
-    register_daily_report(app, settings, redis)
-    return app

@@ -10,30 +10,29 @@ instead of building Decimals it would only print.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, TextIO
 
 import asyncpg
 from redis import asyncio as aioredis
 
-from schema import keys
 from schema.database import BIDS_TABLE
-from schema.keys import AUDIT_REPORTS
+from schema.events import AuditReportSummary
+from schema.keys import AUDIT_REPORTS, audit_report_run_key
 
 log = logging.getLogger(__name__)
 
-TITLE = "DAILY BUDGET AUDIT REPORT"
+TITLE = AuditReportSummary.TITLE
 WINDOW = "7 days"
 PREFETCH = 5_000
-REPORTS_MAXLEN = 1_000
 # The flagged rows are sorted by product; this keeps that sort in memory (for this transaction only).
 REPORT_WORK_MEM = "64MB"
-# Marks the day's scheduled run as taken, so several audit workers publish one report a day, not one each.
-# (Derived from AUDIT_REPORTS until schema/keys.py names it.)
+# The day's scheduled-run marker outlives the day, so a worker starting late the same day still sees it.
+RUN_MARKER_TTL_S = 2 * 86_400
 
 # The flag rule, shared by both queries; identical to `processors.audit.is_flagged` (exact numeric).
 _FLAGGED = "abs(adjusted_cpc - current_cpc) > 0.20 * current_cpc"
@@ -68,26 +67,17 @@ ORDER BY product_id, id
 
 @dataclass(frozen=True, slots=True)
 class AuditReport:
-    generated_at: datetime
-    window_start: datetime
-    reviewed: int
-    flagged: int
-    deviation_total: Decimal  # sum of |adjusted - current| over the reviewed bids
-    flagged_deviation_total: Decimal  # the same over the flagged bids
+    summary: AuditReportSummary
     lines_written: int  # flagged bids printed (equals `flagged`: same snapshot)
     stream_id: str | None  # the audit:reports entry, when published
 
-    def summary_fields(self) -> dict[str, str]:
-        return {
-            "title": TITLE,
-            "generated_at": self.generated_at.isoformat(),
-            "window_start": self.window_start.isoformat(),
-            "window_end": self.generated_at.isoformat(),
-            "reviewed": str(self.reviewed),
-            "flagged": str(self.flagged),
-            "deviation_total": str(self.deviation_total),
-            "flagged_deviation_total": str(self.flagged_deviation_total),
-        }
+    @property
+    def reviewed(self) -> int:
+        return self.summary.reviewed
+
+    @property
+    def flagged(self) -> int:
+        return self.summary.flagged
 
 
 def _header(summary: Any) -> str:
@@ -130,6 +120,7 @@ async def run_report(
     redis: aioredis.Redis | None,
     *,
     out: TextIO | None = None,
+    reports_maxlen: int,
 ) -> AuditReport:
     """Print the 7-day audit to `out` (stdout), publish its summary to audit:reports, return the result."""
     target = out if out is not None else sys.stdout
@@ -143,12 +134,14 @@ async def run_report(
         async with database.acquire() as conn:
             summary, lines = await _write_report(conn, target)
     report = AuditReport(
-        generated_at=summary["generated_at"],
-        window_start=summary["window_start"],
-        reviewed=summary["reviewed"],
-        flagged=summary["flagged"],
-        deviation_total=summary["deviation_total"],
-        flagged_deviation_total=summary["flagged_deviation_total"],
+        summary=AuditReportSummary(
+            generated_at=summary["generated_at"],
+            window_start=summary["window_start"],
+            reviewed=summary["reviewed"],
+            flagged=summary["flagged"],
+            deviation_total=summary["deviation_total"],
+            flagged_deviation_total=summary["flagged_deviation_total"],
+        ),
         lines_written=lines,
         stream_id=None,
     )
@@ -156,15 +149,11 @@ async def run_report(
         return report
     stream_id = await redis.xadd(
         AUDIT_REPORTS,
-        report.summary_fields(),  # type: ignore[arg-type]  # redis-py's field mapping type is invariant
-        maxlen=REPORTS_MAXLEN,
+        report.summary.to_fields(),  # type: ignore[arg-type]  # redis-py's field mapping type is invariant
+        maxlen=reports_maxlen,
         approximate=True,
     )
-    return AuditReport(**{**_as_kwargs(report), "stream_id": str(stream_id)})
-
-
-def _as_kwargs(report: AuditReport) -> dict[str, Any]:
-    return {name: getattr(report, name) for name in report.__slots__}
+    return dataclasses.replace(report, stream_id=str(stream_id))
 
 
 async def run_scheduled_report(
@@ -173,14 +162,15 @@ async def run_scheduled_report(
     *,
     now: datetime | None = None,
     out: TextIO | None = None,
+    reports_maxlen: int,
 ) -> AuditReport | None:
     """The crontab's entry: run today's report unless another audit worker already took today's run."""
     day = (now or datetime.now(UTC)).astimezone(UTC).date()
-    taken = await redis.set(f"{keys.AUDIT_REPORT_RUN_PREFIX}{day.isoformat()}", "1", nx=True, ex=2 * 86_400)
+    taken = await redis.set(audit_report_run_key(day), "1", nx=True, ex=RUN_MARKER_TTL_S)
     if not taken:
         log.info("daily budget audit for %s already run by another worker", day)
         return None
-    report = await run_report(database, redis, out=out)
+    report = await run_report(database, redis, out=out, reports_maxlen=reports_maxlen)
     log.info(
         "daily budget audit for %s: %d reviewed, %d flagged (%s)",
         day,

@@ -1,12 +1,15 @@
-"""The events carried by the bid streams, and their encoding as flat Redis stream fields.
+"""Every stream entry the product writes, and its encoding as flat Redis stream fields, both ways.
 
 Every field is a UTF-8 string so consumers in any language can read the streams without our code.
 Money is a decimal string with exactly two places ("2.25"); floats sent by bidders travel as `repr`
 strings, which round-trip exactly, so the pricing agent computes on the very value the bidder sent.
+docs/streams.md documents each field; tests/schema/test_stream_contract.py holds every encoding to it.
+(Competitor prices: `schema.competitor`.)
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +37,26 @@ def money(value: Decimal | float) -> str:
 
 
 _CENT = Decimal("0.01")
+
+
+def plain_decimal(value: Decimal) -> str:
+    """A decimal in positional notation without trailing zeros: 150.0000 -> "150", 1.2500 -> "1.25".
+
+    `str(value.normalize())` would write 150 as "1.5E+2".
+    """
+    text = f"{value:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _decimal(fields: Fields, name: str) -> Decimal:
+    value = Decimal(_get(fields, name))
+    if not value.is_finite():
+        raise EventDecodeError(f"{name} is not a finite number")
+    return value
+
+
+def _datetime(fields: Fields, name: str) -> datetime:
+    return datetime.fromisoformat(_get(fields, name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +113,7 @@ class PricedBid:
             "request_id": self.request_id,
             "product_id": str(self.product_id),
             "current_cpc": money(self.current_cpc),
-            "target_roas": str(self.target_roas),
+            "target_roas": plain_decimal(self.target_roas),
             "adjusted_cpc": money(self.adjusted_cpc),
             "calculated_at": self.calculated_at.isoformat(),
         }
@@ -102,10 +125,10 @@ class PricedBid:
                 bid_id=int(_get(fields, "bid_id")),
                 request_id=_get(fields, "request_id"),
                 product_id=int(_get(fields, "product_id")),
-                current_cpc=Decimal(_get(fields, "current_cpc")),
-                target_roas=Decimal(_get(fields, "target_roas")),
-                adjusted_cpc=Decimal(_get(fields, "adjusted_cpc")),
-                calculated_at=datetime.fromisoformat(_get(fields, "calculated_at")),
+                current_cpc=_decimal(fields, "current_cpc"),
+                target_roas=_decimal(fields, "target_roas"),
+                adjusted_cpc=_decimal(fields, "adjusted_cpc"),
+                calculated_at=_datetime(fields, "calculated_at"),
             )
         except (ValueError, ArithmeticError) as exc:
             raise EventDecodeError(str(exc)) from exc
@@ -149,3 +172,124 @@ def encode_replies(replies: Iterable[BidReply]) -> dict[str, str]:
 
 def decode_replies(fields: Fields) -> list[BidReply]:
     return [BidReply.decode(reply_id, value) for reply_id, value in fields.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """`bids:dead`: an entry an agent gave up on, kept with its reason until on-call replays or purges it."""
+
+    entry_id: str  # the entry's id in `stream`
+    stream: str  # the stream it was read from (where a replay puts it back)
+    reason: str
+    fields: Mapping[str, str]  # the original entry, unchanged
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "entry_id": self.entry_id,
+            "stream": self.stream,
+            "reason": self.reason,
+            "fields": json.dumps(dict(self.fields), separators=(",", ":")),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> DeadLetter:
+        try:
+            original = json.loads(_get(fields, "fields"))
+        except ValueError as exc:
+            raise EventDecodeError(f"fields is not JSON: {exc}") from exc
+        if not isinstance(original, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in original.items()
+        ):
+            raise EventDecodeError("fields is not a JSON object of strings")
+        return cls(_get(fields, "entry_id"), _get(fields, "stream"), _get(fields, "reason"), original)
+
+
+def signed_decimal(value: Decimal) -> str:
+    """A signed amount as the audit writes it: "+0.50", "-1.25", "+0.00"."""
+    return f"{value:+}"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFlag:
+    """`audit:flags`: a stored bid whose adjusted CPC moved more than the audit threshold (one entry per bid)."""
+
+    bid_id: int
+    request_id: str
+    product_id: int
+    current_cpc: Decimal
+    adjusted_cpc: Decimal
+    deviation: Decimal  # adjusted - current, two decimals
+    deviation_pct: Decimal | None  # signed percent, two decimals; None when current_cpc is 0 ("inf")
+    calculated_at: datetime
+    flagged_at: datetime
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "bid_id": str(self.bid_id),
+            "request_id": self.request_id,
+            "product_id": str(self.product_id),
+            "current_cpc": money(self.current_cpc),
+            "adjusted_cpc": money(self.adjusted_cpc),
+            "deviation": signed_decimal(self.deviation),
+            "deviation_pct": "inf" if self.deviation_pct is None else signed_decimal(self.deviation_pct),
+            "calculated_at": self.calculated_at.isoformat(),
+            "flagged_at": self.flagged_at.isoformat(),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> AuditFlag:
+        try:
+            pct = _get(fields, "deviation_pct")
+            return cls(
+                bid_id=int(_get(fields, "bid_id")),
+                request_id=_get(fields, "request_id"),
+                product_id=int(_get(fields, "product_id")),
+                current_cpc=_decimal(fields, "current_cpc"),
+                adjusted_cpc=_decimal(fields, "adjusted_cpc"),
+                deviation=_decimal(fields, "deviation"),
+                deviation_pct=None if pct == "inf" else _decimal(fields, "deviation_pct"),
+                calculated_at=_datetime(fields, "calculated_at"),
+                flagged_at=_datetime(fields, "flagged_at"),
+            )
+        except (ValueError, ArithmeticError) as exc:
+            raise EventDecodeError(str(exc)) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReportSummary:
+    """`audit:reports`: the summary of one daily budget audit (the full text goes to the report's output)."""
+
+    TITLE = "DAILY BUDGET AUDIT REPORT"
+
+    generated_at: datetime
+    window_start: datetime
+    reviewed: int
+    flagged: int
+    deviation_total: Decimal  # sum of |adjusted - current| over the reviewed bids
+    flagged_deviation_total: Decimal  # the same over the flagged bids
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "title": self.TITLE,
+            "generated_at": self.generated_at.isoformat(),
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.generated_at.isoformat(),
+            "reviewed": str(self.reviewed),
+            "flagged": str(self.flagged),
+            "deviation_total": money(self.deviation_total),
+            "flagged_deviation_total": money(self.flagged_deviation_total),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> AuditReportSummary:
+        try:
+            return cls(
+                generated_at=_datetime(fields, "generated_at"),
+                window_start=_datetime(fields, "window_start"),
+                reviewed=int(_get(fields, "reviewed")),
+                flagged=int(_get(fields, "flagged")),
+                deviation_total=_decimal(fields, "deviation_total"),
+                flagged_deviation_total=_decimal(fields, "flagged_deviation_total"),
+            )
+        except (ValueError, ArithmeticError) as exc:
+            raise EventDecodeError(str(exc)) from exc

@@ -1,8 +1,10 @@
-"""Every Redis key, stream, consumer group and stream field name the product uses.
+"""Every Redis key, stream and consumer group the product uses, and the functions that build the keyed ones.
 
 Downstream consumers read these streams: a name changed here is a breaking change (see docs/streams.md).
+Stream fields and their encodings: `schema.events`.
 """
 
+from datetime import date
 from typing import Final
 
 # Gateway -> pricing agent: one entry per accepted bid request.
@@ -31,6 +33,34 @@ AUDIT_REPORT_RUN_PREFIX: Final = "audit:reports:run:"
 COMPETITOR_PRICES_LIST: Final = "competitor_prices"
 COMPETITOR_PRICES_STREAM: Final = "competitor_prices:stream"
 
+# On-call console: login attempts counted per user name and per client address, each for one window
+# (CONSOLE_LOGIN_WINDOW_S, the key's TTL).
+CONSOLE_LOGIN_USER_PREFIX: Final = "console:login:user:"
+CONSOLE_LOGIN_ADDRESS_PREFIX: Final = "console:login:addr:"
+
+# Every dead-letter stream and the stream its entries came from (the console lists, replays and purges them).
+DEAD_LETTER_STREAMS: Final = {BIDS_DEAD_LETTER: BID_REQUESTS}
+
 
 def reply_stream(gateway_id: str) -> str:
     return f"{REPLY_STREAM_PREFIX}{gateway_id}"
+
+
+# The audit agent's per-UTC-day keys. The braces make the day the cluster hash tag, so a day's keys share a slot.
+def audit_seen_key(day: date) -> str:
+    """Set of the bid ids already counted for `day`."""
+    return f"{AUDIT_SEEN_PREFIX}{{{day.isoformat()}}}"
+
+
+def audit_day_key(day: date) -> str:
+    """Hash of the day's overall counters (`schema.audit.DAY_FIELDS`)."""
+    return f"{AUDIT_AGGREGATE_PREFIX}{{{day.isoformat()}}}"
+
+
+def audit_products_key(day: date) -> str:
+    """Hash of the day's per-product counters (`schema.audit.product_field`)."""
+    return f"{audit_day_key(day)}:products"
+
+
+def audit_report_run_key(day: date) -> str:
+    return f"{AUDIT_REPORT_RUN_PREFIX}{day.isoformat()}"

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from bidengine.embedded import servers
 from schema.database import BIDS_TABLE, apply_migrations
+from tests.servers import RedisServer
 
 
 def database_named(url: str, name: str) -> str:
@@ -34,6 +35,24 @@ def _servers() -> Iterator[tuple[str, str]]:
 @pytest.fixture(scope="session")
 def redis_url(_servers: tuple[str, str]) -> str:
     return _servers[0]
+
+
+@pytest.fixture(scope="session")
+def private_redis_server() -> Iterator[RedisServer]:
+    """A Redis server of the session's own, for tests that need several databases of one server (processes of
+    the end-to-end tests): they never touch databases of REDIS_URL's server other than the one given."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis server of the test's own, which it may stop, kill and start again (empty) on the same port."""
+    server = RedisServer()
+    yield server
+    server.kill()
 
 
 @pytest.fixture(scope="session")

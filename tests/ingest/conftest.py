@@ -18,7 +18,8 @@ from ingest.edge import edge_runner
 from schema import keys
 from schema.database import BIDS_TABLE
 from schema.settings import Settings
-from tests.pipeline.conftest import Pipeline, other_redis_db
+from tests.pipeline.conftest import Pipeline
+from tests.servers import RedisServer
 
 # Deadlines of the gateway under test (seconds): short, so that a deadline test takes about a second.
 HEADER_TIMEOUT_S = 1.0
@@ -83,7 +84,7 @@ class Edge:
 def start_edge(redis_url: str, database_url: str) -> tuple[Pipeline, Edge]:
     env = {
         **os.environ,
-        "REDIS_URL": other_redis_db(redis_url),
+        "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
         "LOG_LEVEL": "WARNING",
         **EDGE_ENV,
@@ -98,9 +99,10 @@ def start_edge(redis_url: str, database_url: str) -> tuple[Pipeline, Edge]:
 
 
 @pytest.fixture(scope="module")
-def edge(redis_url: str, database_url: str) -> Iterator[Edge]:
-    """The real gateway and a pricing agent (shared by a module's tests)."""
-    pipeline, gateway = start_edge(redis_url, database_url)
+def edge(private_redis_server: RedisServer, database_url: str) -> Iterator[Edge]:
+    """The real gateway and a pricing agent (shared by a module's tests), on database 2 of the session's private
+    Redis (the `pipeline` fixture uses database 1)."""
+    pipeline, gateway = start_edge(private_redis_server.url(2), database_url)
     try:
         yield gateway
     finally:

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import subprocess
-import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -15,14 +11,12 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from redis import Redis as SyncRedis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from bidengine.embedded import free_port
 from monitor.fake_api import RunningFakeApi, running_fake_api
 from monitor.http import build_app
 from monitor.service import Monitor, connect_redis
-from schema.settings import Settings
+from schema.settings import RedisSettings
+from tests.servers import RedisServer
 
 
 @pytest.fixture
@@ -32,9 +26,9 @@ async def fake_api() -> AsyncIterator[RunningFakeApi]:
 
 
 @pytest.fixture
-def settings(redis_url: str, fake_api: RunningFakeApi) -> Settings:
+def settings(redis_url: str, fake_api: RunningFakeApi) -> RedisSettings:
     """Short timeouts and few retries, so failure paths take milliseconds; the interval never elapses."""
-    return Settings(
+    return RedisSettings(
         redis_url=redis_url,
         monitor_source_url=fake_api.products_url,
         monitor_page_size=30,
@@ -74,7 +68,7 @@ MonitorFactory = Callable[..., Monitor]
 
 @pytest.fixture
 async def make_monitor(
-    settings: Settings, http_session: aiohttp.ClientSession, clock: Clock
+    settings: RedisSettings, http_session: aiohttp.ClientSession, clock: Clock
 ) -> AsyncIterator[MonitorFactory]:
     """Build a monitor (its own Redis client, like the service) from `settings` with overrides."""
     clients: list[aioredis.Redis] = []
@@ -91,52 +85,10 @@ async def make_monitor(
         await client.aclose()
 
 
-class OwnRedis:
-    """A redis-server this test starts, stops and starts again on the same port."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server binary not found")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = tempfile.mkdtemp(prefix="monitor-test-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            cwd=self.workdir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        # Wait for readiness (a condition, with a deadline), not for a fixed time.
-        client = SyncRedis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except RedisConnectionError:
-                assert self.process.poll() is None, "redis-server exited at start"
-                assert time.monotonic() < deadline, "redis-server did not start within 10 s"
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
 @pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis()
-    server.start()
-    yield server
-    server.stop()
+def own_redis(redis_server: RedisServer) -> RedisServer:
+    redis_server.start()
+    return redis_server
 
 
 HttpClientFactory = Callable[[Monitor], Awaitable[TestClient[web.Request, web.Application]]]

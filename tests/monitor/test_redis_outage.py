@@ -8,13 +8,14 @@ from redis import Redis as SyncRedis
 
 from monitor.health import PollOutcome
 from schema.keys import COMPETITOR_PRICES_LIST
-from tests.monitor.conftest import HttpClientFactory, MonitorFactory, OwnRedis
+from tests.monitor.conftest import HttpClientFactory, MonitorFactory
+from tests.servers import RedisServer
 
 
 async def test_polls_survive_a_redis_restart_and_publish_again(
-    make_monitor: MonitorFactory, http_client: HttpClientFactory, own_redis: OwnRedis
+    make_monitor: MonitorFactory, http_client: HttpClientFactory, own_redis: RedisServer
 ) -> None:
-    monitor = make_monitor(redis_url=own_redis.url)
+    monitor = make_monitor(redis_url=own_redis.url())
     client = await http_client(monitor)
     assert (await monitor.poll_once()).outcome is PollOutcome.OK
 

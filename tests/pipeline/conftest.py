@@ -12,21 +12,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis as sync_redis
 
 from bidengine.embedded import free_port
+from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def other_redis_db(url: str) -> str:
-    """The same Redis server, another database: the session's per-test flushes never touch the pipeline."""
-    parts = urlsplit(url)
-    db = int(parts.path.strip("/") or 0)
-    return urlunsplit(parts._replace(path=f"/{(db + 1) % 16}"))
 
 
 @dataclass
@@ -89,11 +82,12 @@ def wait_until_ready(base_url: str, timeout_s: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def pipeline(redis_url: str, database_url: str) -> Iterator[Pipeline]:
-    """A gateway and one pricing agent, shared by a module's tests."""
+def pipeline(private_redis_server: RedisServer, database_url: str) -> Iterator[Pipeline]:
+    """A gateway and one pricing agent, shared by a module's tests (on the session's private Redis, database 1,
+    so the per-test flushes of the `redis` fixture never touch it)."""
     env = {
         **os.environ,
-        "REDIS_URL": other_redis_db(redis_url),
+        "REDIS_URL": private_redis_server.url(1),
         "DATABASE_URL": database_url,
         "LOG_LEVEL": "WARNING",
         "CLAIM_IDLE_MS": "1000",

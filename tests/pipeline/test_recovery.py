@@ -14,11 +14,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from processors.pricing import PricingHandler
-from processors.redis_streams import GroupConfig, GroupReader
+from redis_streams.groups import GroupReader
 from schema import keys
 from schema.database import BIDS_TABLE
 from schema.events import BidRequested, decode_replies
 from tests.pipeline.conftest import Pipeline
+from tests.support import group_config_for_tests
 
 
 class DiesAfterCommit(PricingHandler):
@@ -34,7 +35,7 @@ async def test_batch_redelivered_after_commit_answers_from_the_table_and_adds_no
     ]
     for fields in events:
         await redis.xadd(keys.BID_REQUESTS, fields)  # type: ignore[arg-type]
-    first = GroupReader(redis, GroupConfig(keys.BID_REQUESTS, keys.PRICING_GROUP, "first", claim_idle_ms=0))
+    first = GroupReader(redis, group_config_for_tests(keys.BID_REQUESTS, keys.PRICING_GROUP, "first", claim_idle_ms=0))
     await first.ensure_group()
     batch = await first.read()
     with pytest.raises(ConnectionError):
@@ -44,7 +45,9 @@ async def test_batch_redelivered_after_commit_answers_from_the_table_and_adds_no
     assert await redis.xlen("replies:test") == 0
     assert (await redis.xpending(keys.BID_REQUESTS, keys.PRICING_GROUP))["pending"] == 5
 
-    second = GroupReader(redis, GroupConfig(keys.BID_REQUESTS, keys.PRICING_GROUP, "second", claim_idle_ms=0))
+    second = GroupReader(
+        redis, group_config_for_tests(keys.BID_REQUESTS, keys.PRICING_GROUP, "second", claim_idle_ms=0)
+    )
     reclaimed = await second.reclaim()
     assert [e.id for e in reclaimed] == [e.id for e in batch]
     await PricingHandler(db, redis, reply_stream_maxlen=1000)(reclaimed)
@@ -66,7 +69,7 @@ async def test_undecodable_entry_is_dead_lettered_without_blocking_the_batch(
     good = BidRequested(str(uuid.uuid4()), "replies:test", "ok", 1, 1.0, 100.0)
     await redis.xadd(keys.BID_REQUESTS, {"request_id": "not-a-bid"})
     await redis.xadd(keys.BID_REQUESTS, good.to_fields())  # type: ignore[arg-type]
-    reader = GroupReader(redis, GroupConfig(keys.BID_REQUESTS, keys.PRICING_GROUP, "a"))
+    reader = GroupReader(redis, group_config_for_tests(keys.BID_REQUESTS, keys.PRICING_GROUP, "a"))
     await reader.ensure_group()
     await PricingHandler(db, redis, reply_stream_maxlen=1000)(await reader.read())
     dead = await redis.xrange(keys.BIDS_DEAD_LETTER)

