@@ -1,6 +1,7 @@
 """Benchmark: the gateway's HTTP edge against aiohttp's stock server, CPU per request, in the same run.
 
     python -m bench.edge [--duration 10] [--rounds 3] [--connections 50]
+    python -m bench.edge --instructions      # the same comparison in instructions, under valgrind
 
 Both variants run in a process of their own with uvloop, as the gateway does, and serve `POST /api/bid/`
 with the bid handler's body path (headers checked, body read, validated; no Redis): the stock variant as the
@@ -11,6 +12,11 @@ a shared machine inflates far less than requests per second; both are printed, w
 
 It also holds 500 connections in their body for a round and prints the edge process's RSS before, at the
 peak and after (the stock server would hold them forever).
+
+On a shared machine both figures move by tens of percent from run to run. `--instructions` counts what does
+not: the instructions one request costs (client and server in one process, one connection, requests one after
+the other), each variant run under valgrind for two request counts, the difference divided by the difference
+in requests (start-up cancels out).
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ async def stock_handler(request: web.Request) -> web.Response:
 async def edge_handler(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         return web.json_response({"errors": ["Content-Type must be application/json"]}, status=415)
+    declared = request.content_length
+    if declared is not None and declared > 16 * 1024:
+        return web.json_response({"errors": ["too large"]}, status=413)
     try:
         body = await read_body(request, 16 * 1024)
     except BodyError as exc:
@@ -148,17 +157,80 @@ async def hold_bodies(port: int, count: int) -> None:
     assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers)
 
 
+REQUEST = (
+    b"POST /api/bid/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n"
+    + b'{"product_id": 123, "current_cpc": 1.50, "target_roas": 150.0}'.ljust(64)
+)
+
+
+def in_process(variant: str, requests: int) -> None:
+    """Serve `variant` and send it `requests` bids one after the other over one connection, in this process."""
+    import uvloop
+
+    from ingest.edge import edge_runner
+
+    async def run() -> None:
+        port = free_port()
+        settings = Settings(gateway_port=port)
+        app = web.Application(client_max_size=settings.max_body_bytes)
+        app.router.add_post("/api/bid/", edge_handler if variant == "edge" else stock_handler)
+        runner = edge_runner(app, settings) if variant == "edge" else web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(requests):
+            writer.write(REQUEST)
+            await reader.readuntil(b'"bid_id": 1}')
+        writer.close()
+        await runner.cleanup()
+
+    uvloop.install()
+    asyncio.run(run())
+
+
+def count_instructions(variant: str, requests: int) -> int:
+    output = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m", "bench.edge",
+         "--in-process", variant, "--requests", str(requests)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stderr  # fmt: skip
+    collected = re.search(r"Collected : (\d+)", output)
+    assert collected, output
+    return int(collected.group(1))
+
+
+def instructions() -> int:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is required: apt-get install -y valgrind")
+    per_request = {}
+    for variant in ("stock", "edge"):
+        few, many = count_instructions(variant, 200), count_instructions(variant, 1200)
+        per_request[variant] = (many - few) / 1000
+        print(f"{variant:<5} {per_request[variant]:>9,.0f} instructions per request (client and server)", flush=True)
+    print(f"edge - stock = {per_request['edge'] - per_request['stock']:,.0f} instructions per request; "
+          f"edge / stock = {per_request['edge'] / per_request['stock']:.3f}")  # fmt: skip
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per run (bounded)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--instructions", action="store_true", help="count instructions under valgrind instead")
     parser.add_argument("--serve", choices=["stock", "edge"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--in-process", choices=["stock", "edge"], help=argparse.SUPPRESS)
+    parser.add_argument("--requests", type=int, default=1000, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.port)
         return 0
+    if args.in_process:
+        in_process(args.in_process, args.requests)
+        return 0
+    if args.instructions:
+        return instructions()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is required: apt-get install -y wrk")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:

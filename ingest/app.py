@@ -90,14 +90,12 @@ class Gateway:
         )
 
     def refused_from_headers(self, request: web.Request) -> web.Response | None:
-        """415 or 413 decided from the headers alone, before any of the body is read."""
+        """415 (Content-Type) or 413 (a declared length over the limit), from the headers alone, before any of
+        the body is read. An unsupported Content-Encoding (415) is refused by `read_body`, also before reading."""
         if request.content_type != "application/json":
             return error_response(415, ["Content-Type must be application/json"])
-        try:
-            content_coding(request.headers.get("Content-Encoding"))
-        except BodyError as exc:
-            return error_response(exc.status, [exc.message], exc.headers)
-        if request.content_length is not None and request.content_length > self.settings.max_body_bytes:
+        declared = request.content_length
+        if declared is not None and declared > self.settings.max_body_bytes:
             return error_response(413, [f"Request body is larger than {self.settings.max_body_bytes} bytes"])
         return None
 
@@ -106,10 +104,14 @@ class Gateway:
         if request.version != HttpVersion11:
             return None
         if request.headers.get("Expect", "").lower() != "100-continue":
-            raise web.HTTPExpectationFailed()  # answered as JSON by ingest.errors.json_errors
+            raise web.HTTPExpectationFailed()  # answered as JSON by the edge (ingest/errors.py)
         refused = self.refused_from_headers(request)
         if refused is not None:
             return refused
+        try:
+            content_coding(request.headers.get("Content-Encoding"))
+        except BodyError as exc:
+            return error_response(exc.status, [exc.message], exc.headers)
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # what follows is the response proper (as aiohttp's own handler does)
         return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import zlib
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
 ACCEPTED_ENCODINGS = "gzip, deflate"
@@ -59,16 +59,16 @@ def content_coding(header: str | None) -> str | None:
 
 
 async def read_body(request: web.BaseRequest, max_bytes: int) -> bytes:
-    """The decoded body, or BodyError with the answer (413, 415, 400, 408)."""
-    coding = content_coding(request.headers.get("Content-Encoding"))
-    too_large = BodyError(413, f"Request body is larger than {max_bytes} bytes")
-    declared = request.content_length
-    if declared is not None and declared > max_bytes:
-        raise too_large  # refused from the header alone: nothing of it is read into memory
+    """The decoded body, or BodyError with the answer (413, 415, 400, 408).
+
+    The caller refuses a declared Content-Length over `max_bytes` first (from the headers, before reading);
+    `max_bytes` must be the application's `client_max_size`, which stops `read()` past it.
+    """
+    coding = content_coding(request.headers.get(hdrs.CONTENT_ENCODING))
     try:
-        raw = await request.read()  # the application's client_max_size stops it past max_bytes
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise BodyError(413, f"Request body is larger than {max_bytes} bytes") from None
     except (BodyTimeout, BodyIncomplete, RequestPayloadError, ConnectionError) as exc:
         # The payload keeps the exception it was failed with, and its traceback holds the frames that
         # hold the payload: drop the traceback so the request is freed now, not at the next full collection.

@@ -2,27 +2,23 @@
 
 * The bid handler builds its own (400, 408, 413, 415, 422, 503, 504) with `error_response`.
 * aiohttp's router and request plumbing raise `web.HTTPException`s (404; 405 with `Allow`; 417 from the
-  `Expect` check; anything else): `json_errors` wraps the application's handler and answers them as JSON
-  with their status and headers. Any other exception is a bug: it is logged with its traceback and
-  answered `500 {"errors": [...]}` (the fuzzing in tests/ asserts that no input reaches it).
-* The edge (`ingest.edge`) answers what fails before a request exists (a malformed request line or
-  headers: 400; headers too large: 431; read deadlines: 408; too many connections: 503) with
-  `raw_error`, bytes written straight to the socket, or through the protocol's `handle_error`.
+  `Expect` check; anything else): the edge's protocol (`ingest.edge`) answers them as JSON with their
+  status and headers (`http_exception_response`), where aiohttp would send their text. Any other exception
+  is a bug: the edge logs it with its traceback and answers `500 {"errors": [...]}` (the fuzzing in tests/
+  asserts that no input reaches it).
+* The edge also answers what fails before a request exists (a malformed request line or headers: 400;
+  headers too large: 431; read deadlines: 408; too many connections: 503), with `raw_error`, bytes
+  written straight to the socket, or through the protocol's `handle_error`.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
-import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from aiohttp import hdrs, web
-
-log = logging.getLogger(__name__)
-
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def error_response(
@@ -51,30 +47,6 @@ def http_exception_response(exc: web.HTTPException, request: web.BaseRequest) ->
         if name not in (hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING)
     }
     return error_response(exc.status, [_describe(exc, request)], headers)
-
-
-def json_errors(handler: Handler) -> Handler:
-    """The application's handler, answering aiohttp's HTTP exceptions and unexpected errors as JSON."""
-
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:  # a redirect or success raised on purpose: aiohttp sends it as it is
-                raise
-            # The router keeps the exception it raised (404, 405): its traceback would make a reference
-            # cycle through the frames that hold the request, freed only by a full garbage collection.
-            exc.__traceback__ = None
-            return http_exception_response(exc, request)
-        except ConnectionError:
-            # The client went away (a reset while writing 100 Continue, say). This answer will not reach it;
-            # returned rather than raised, aiohttp then drops the connection quietly instead of logging a 500.
-            return error_response(400, ["The connection was lost"])
-        except Exception:
-            log.exception("unexpected error answering %s %s", request.method, request.path)
-            return error_response(500, ["Internal server error"])
-
-    return handle
 
 
 def raw_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> bytes:

@@ -336,11 +336,11 @@ async def test_an_unexpected_error_is_logged_and_a_json_500(
 
     monkeypatch.setattr(gateway_app, "parse_bid", broken)
     gateway = await in_process()
-    with caplog.at_level(logging.ERROR, logger="ingest.errors"):
+    with caplog.at_level(logging.ERROR, logger="ingest.edge"):
         status, headers, answer = await gateway.post(BID)
     assert (status, answer) == (500, {"errors": ["Internal server error"]})
     assert headers["Content-Type"].startswith("application/json")
-    (record,) = [r for r in caplog.records if r.name == "ingest.errors"]
+    (record,) = [r for r in caplog.records if r.name == "ingest.edge"]
     assert record.getMessage() == "unexpected error answering POST /api/bid/"
     assert record.exc_info is not None
     assert record.exc_info[0] is RuntimeError
