@@ -8,6 +8,12 @@ Guarantees a `GroupReader` gives its caller (the Faust bridge in `processors.bri
 * Nothing is acknowledged here unless the caller says so: entries stay pending until `ack()` (or the caller's
   own MULTI/EXEC carrying `Batch.ack_command()`).
 * `trim_processed` never removes an entry a group has not processed.
+* Delivery counts come from the group's pending list (`delivery_counts`, XPENDING's extended form): they count
+  every delivery (XREADGROUP, XAUTOCLAIM) and survive restarts of the consumers, so a retry cap built on them
+  holds across processes. `bury` dead-letters an entry and acknowledges it in one MULTI/EXEC.
+* Consumers that left (a restarted pod gets a new name) are removed once they hold nothing and have been idle
+  for `consumer_expiry_ms` (`expire_idle_consumers`), so the group's consumer list stays bounded, and
+  `alive_consumers` counts the members that read recently (the gateway's readiness).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from typing import Any
 from redis import asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from redis_streams.pipe import execute_packed, read_entries
+from redis_streams.pipe import execute_packed, read_entries, xadd
+from redis_streams.retry import Backoff
+from schema.events import DeadLetter
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +75,11 @@ class GroupConfig:
     claim_interval_s: float  # how often to look for such entries
     read_ahead: int  # batches read but not yet handled (the bridge's bounded channel)
     concurrency: int  # batches handled at once
-    retry_delay_s: float  # pause after a failed read or a failed handler
+    backoff: Backoff  # pauses between attempts while a backend is away (or a loop keeps failing)
+    max_deliveries: int  # an entry that fails on its own is dead-lettered at this delivery
+    dead_letter_stream: str  # where it goes
+    dead_letter_maxlen: int  # approximate cap of that stream
+    consumer_expiry_ms: int  # a consumer holding nothing, idle this long, is removed from the group
     # Touched while the bridge reads and hands batches on (see `processors.bridge`); None: no heartbeat.
     heartbeat_file: str | None
 
@@ -80,6 +92,29 @@ def default_consumer_name(prefix: str) -> str:
 def _entries(raw: Sequence[tuple[str, dict[str, str] | None]]) -> list[StreamEntry]:
     # An entry trimmed away while pending comes back with no fields; there is nothing left to process.
     return [StreamEntry(entry_id, fields) for entry_id, fields in raw if fields is not None]
+
+
+# KEYS[1] the stream; ARGV[1] the group, ARGV[2] idle threshold (ms), ARGV[3] the caller (never removed).
+# In one script, so a consumer cannot take entries between the check (nothing pending) and its removal
+# (XGROUP DELCONSUMER drops the pending entries of the consumer it removes).
+_EXPIRE_CONSUMERS = """
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then
+  return {}
+end
+local removed = {}
+for _, consumer in ipairs(consumers) do
+  local info = {}
+  for i = 1, #consumer, 2 do
+    info[consumer[i]] = consumer[i + 1]
+  end
+  if info['name'] ~= ARGV[3] and tonumber(info['pending']) == 0 and tonumber(info['idle']) > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed[#removed + 1] = info['name']
+  end
+end
+return removed
+"""
 
 
 async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
@@ -149,9 +184,46 @@ class GroupReader:
             await self.redis.xack(self.config.stream, self.config.group, *(entry.id for entry in entries))
             self._in_flight.difference_update(entry.id for entry in entries)
 
-    def forget(self, entries: Batch) -> None:
-        """The entries were acknowledged elsewhere (inside the handler's own transaction)."""
+    def forget(self, entries: Sequence[StreamEntry]) -> None:
+        """The entries were acknowledged elsewhere (inside the handler's own transaction), or are left pending
+        on purpose: `reclaim` (ours or another consumer's) delivers them again after `claim_idle_ms`."""
         self._in_flight.difference_update(entry.id for entry in entries)
+
+    async def delivery_counts(self, entries: Sequence[StreamEntry]) -> dict[str, int]:
+        """How often each entry has been delivered to the group (absent: no longer pending)."""
+        counts: dict[str, int] = {}
+        for entry in entries:
+            pending: Any = await self.redis.xpending_range(
+                self.config.stream, self.config.group, min=entry.id, max=entry.id, count=1
+            )
+            if pending:
+                counts[entry.id] = int(pending[0]["times_delivered"])
+        return counts
+
+    async def bury(self, entry: StreamEntry, *, reason: str, deliveries: int) -> None:
+        """Dead-letter `entry` and acknowledge it, atomically: it is either still pending or in the dead letters.
+
+        Not retried on a connection error: if the transaction did not run, the entry is still pending and is
+        delivered (and buried) again; if it did, it is acknowledged and never comes back. Once either way.
+        """
+        cfg = self.config
+        letter = DeadLetter(entry.id, cfg.stream, reason, entry.fields, group=cfg.group, deliveries=deliveries)
+        await execute_packed(
+            self.redis,
+            [
+                xadd(cfg.dead_letter_stream, letter.to_fields(), maxlen=cfg.dead_letter_maxlen),
+                ("XACK", cfg.stream, cfg.group, entry.id),
+            ],
+            transaction=True,
+        )
+        self._in_flight.discard(entry.id)
+
+    async def expire_idle_consumers(self) -> list[str]:
+        """Remove the group's members that hold nothing and have been idle for `consumer_expiry_ms`."""
+        cfg = self.config
+        script = self.redis.register_script(_EXPIRE_CONSUMERS)
+        removed: Any = await script(keys=[cfg.stream], args=[cfg.group, cfg.consumer_expiry_ms, cfg.consumer])
+        return [str(name) for name in removed]
 
     def _track(self, entries: list[StreamEntry]) -> Batch:
         self._in_flight.update(entry.id for entry in entries)
@@ -184,6 +256,19 @@ async def trim_processed(redis: aioredis.Redis, stream: str, *, keep_ms: int, no
     min_id = f"{floor[0]}-{floor[1]}"
     await redis.xtrim(stream, minid=min_id, approximate=True)
     return min_id
+
+
+async def alive_consumers(redis: aioredis.Redis, stream: str, group: str, *, alive_ms: int) -> int:
+    """Members of the group that read (or claimed) within the last `alive_ms`; 0 when there is no group.
+
+    A consumer blocked in `XREADGROUP ... BLOCK` is seen again at each read, so a live one is idle for about a
+    block period at most; one that died, hangs, or cannot reach its other backends stops reading.
+    """
+    try:
+        consumers: Any = await redis.xinfo_consumers(stream, group)
+    except ResponseError:  # no such stream or group: no consumer ever started (or Redis restarted empty)
+        return 0
+    return sum(1 for consumer in consumers if int(consumer["idle"]) < alive_ms)
 
 
 async def group_lag(redis: aioredis.Redis, stream: str, group: str) -> int | None:

@@ -18,8 +18,10 @@ AUDIT_GROUP: Final = "audit"
 # Pricing agent -> gateway: replies, one stream per gateway process.
 REPLY_STREAM_PREFIX: Final = "bids:replies:"
 
-# Requests the pricing agent could not store (kept for on-call, never silently dropped).
-BIDS_DEAD_LETTER: Final = "bids:dead"
+# Entries an agent gave up on, one dead-letter stream per agent (kept for on-call to replay or purge).
+BIDS_DEAD_LETTER: Final = "bids:dead"  # requests of `bids:requests` the pricing agent could not store
+AUDIT_DEAD_LETTER: Final = "audit:dead"  # entries of `bids:priced` the audit agent could not review
+DEAD_LETTER_STREAMS: Final = (BIDS_DEAD_LETTER, AUDIT_DEAD_LETTER)
 
 # Audit agent outputs.
 AUDIT_FLAGS: Final = "audit:flags"
