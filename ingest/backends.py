@@ -4,14 +4,12 @@ Requests read the last observation instead of probing the backends themselves, s
 costs a request nothing but a quick 503 with `Retry-After`.
 
 Pricing agents alive. A bid accepted while no pricing agent consumes would wait the full reply timeout for a
-504, so the gateway also counts the live members of the `pricing` group: `XINFO CONSUMERS` gives each
-consumer's idle time, which a live agent resets at every read (it blocks in `XREADGROUP ... BLOCK
-PRICING_BLOCK_MS`, so it is idle for about that long at most, or for one batch while its handler is busy).
-One that died, hangs, or cannot reach PostgreSQL stops reading; once none has read for `CONSUMER_ALIVE_MS`,
-`/ready` and every bid answer 503 "no pricing agent is alive". Measured on this machine: one `XINFO
-CONSUMERS` costs about what a PING does (docs/deploy.md), once a second per gateway, and it needs no key,
-write or task in the agents (a heartbeat key with a TTL would need all three, and could say "alive" for an
-agent whose read loop is stuck).
+504, so the gateway also counts the live pricing agents: each one announces itself in `consumers:pricing`
+(a sorted set scored by Redis's clock) at most once a second, from its read loop, after a read succeeded and
+its batch was handed on (`redis_streams.groups`). One that died, hangs, or whose handler is stuck stops
+announcing; once none has for `CONSUMER_ALIVE_MS`, `/ready` and every bid answer 503 "no pricing agent is
+alive". `XINFO CONSUMERS` would need no writes, but before Redis 7.2 a consumer's idle time is reset only by
+reads that return entries: an agent blocked on a quiet stream looks dead there. Cost: docs/deploy.md.
 
 This loop never dies: every check catches its failures, and an outage is logged when it starts and when it
 ends (`redis_streams.retry.Outage`), not once a second.
@@ -26,7 +24,7 @@ from dataclasses import dataclass
 import asyncpg
 from redis import asyncio as aioredis
 
-from redis_streams.groups import alive_consumers, group_lag
+from redis_streams.groups import group_lag, live_consumers
 from redis_streams.retry import Outage, is_redis_transient
 from schema import keys
 
@@ -71,7 +69,7 @@ class BackendMonitor:
         if consumers == 0 and previous.pricing_consumers != 0:
             log.warning("no pricing agent is alive: bids are refused (503) until one reads %s", keys.BID_REQUESTS)
         elif consumers and previous.pricing_consumers == 0:
-            log.warning("%d pricing agent(s) alive again", consumers)
+            log.warning("pricing agents alive: %d; bids are accepted", consumers)
         return self.status
 
     async def run(self) -> None:
@@ -92,7 +90,7 @@ class BackendMonitor:
         try:
             await asyncio.wait_for(self.redis.ping(), timeout=self.interval_s)
             lag = await group_lag(self.redis, keys.BID_REQUESTS, keys.PRICING_GROUP)
-            consumers = await alive_consumers(self.redis, keys.BID_REQUESTS, keys.PRICING_GROUP, alive_ms=self.alive_ms)
+            consumers = await live_consumers(self.redis, keys.consumers_key(keys.PRICING_GROUP), alive_ms=self.alive_ms)
         except Exception as exc:
             self._redis_outage.failed(exc, transient=is_redis_transient(exc))
             return False, None, None

@@ -115,6 +115,7 @@ class GroupSource(mode.Service):
                     await self.reader.ensure_group()
                     group_exists = True
                 batch = await self.reader.read()
+                await self.reader.announce()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

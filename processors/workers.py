@@ -111,6 +111,7 @@ def group_config(
         dead_letter_stream=dead_letter_stream,
         dead_letter_maxlen=settings.dead_letter_maxlen,
         consumer_expiry_ms=settings.consumer_expiry_s * 1000,
+        presence_key=keys.consumers_key(group),
         heartbeat_file=heartbeat_path(role),
     )
 

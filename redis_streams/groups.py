@@ -12,8 +12,12 @@ Guarantees a `GroupReader` gives its caller (the Faust bridge in `processors.bri
   every delivery (XREADGROUP, XAUTOCLAIM) and survive restarts of the consumers, so a retry cap built on them
   holds across processes. `bury` dead-letters an entry and acknowledges it in one MULTI/EXEC.
 * Consumers that left (a restarted pod gets a new name) are removed once they hold nothing and have been idle
-  for `consumer_expiry_ms` (`expire_idle_consumers`), so the group's consumer list stays bounded, and
-  `alive_consumers` counts the members that read recently (the gateway's readiness).
+  for `consumer_expiry_ms` (`expire_idle_consumers`), so the group's consumer list stays bounded.
+* Presence: a reader announces itself (`announce`, at most once a second) in the group's presence key, a sorted
+  set of consumer names scored by the time of their last successful read, on Redis's clock (`TIME`, so hosts'
+  clocks do not matter). `live_consumers` counts the recent ones: the gateway's "is a pricing agent alive".
+  Not XINFO CONSUMERS: before Redis 7.2 a consumer's `idle` is reset only by reads that return entries, so an
+  agent blocked on a quiet stream looks dead there (measured on 6.2 and 7.0).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +85,7 @@ class GroupConfig:
     dead_letter_stream: str  # where it goes
     dead_letter_maxlen: int  # approximate cap of that stream
     consumer_expiry_ms: int  # a consumer holding nothing, idle this long, is removed from the group
+    presence_key: str | None  # where the reader announces itself while it reads (None: it does not)
     # Touched while the bridge reads and hands batches on (see `processors.bridge`); None: no heartbeat.
     heartbeat_file: str | None
 
@@ -117,6 +123,26 @@ return removed
 """
 
 
+# KEYS[1] the presence key; ARGV[1] the consumer, ARGV[2] how long a silent member is kept (ms).
+_ANNOUNCE = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], now_ms, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return now_ms
+"""
+
+# KEYS[1] the presence key; ARGV[1] how recent an announcement counts (ms).
+_LIVE_CONSUMERS = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], now_ms - tonumber(ARGV[1]), '+inf')
+"""
+
+ANNOUNCE_INTERVAL_S = 1.0
+
+
 async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
     """Create the group (and the stream) if needed, starting from the stream's beginning so nothing is skipped."""
     try:
@@ -137,6 +163,7 @@ class GroupReader:
         # Entries this consumer holds until they are acked. XAUTOCLAIM does not spare the caller's own
         # entries, so a slow batch of ours would otherwise be "reclaimed" by ourselves and handled twice.
         self._in_flight: set[str] = set()
+        self._last_announce = float("-inf")
 
     async def ensure_group(self) -> None:
         await ensure_group(self.redis, self.config.stream, self.config.group)
@@ -218,6 +245,16 @@ class GroupReader:
         )
         self._in_flight.discard(entry.id)
 
+    async def announce(self) -> None:
+        """Say "this consumer reads" in the presence key, at most once per `ANNOUNCE_INTERVAL_S`."""
+        cfg = self.config
+        now = time.monotonic()
+        if cfg.presence_key is None or now - self._last_announce < ANNOUNCE_INTERVAL_S:
+            return
+        script = self.redis.register_script(_ANNOUNCE)
+        await script(keys=[cfg.presence_key], args=[cfg.consumer, cfg.consumer_expiry_ms])
+        self._last_announce = now
+
     async def expire_idle_consumers(self) -> list[str]:
         """Remove the group's members that hold nothing and have been idle for `consumer_expiry_ms`."""
         cfg = self.config
@@ -258,17 +295,10 @@ async def trim_processed(redis: aioredis.Redis, stream: str, *, keep_ms: int, no
     return min_id
 
 
-async def alive_consumers(redis: aioredis.Redis, stream: str, group: str, *, alive_ms: int) -> int:
-    """Members of the group that read (or claimed) within the last `alive_ms`; 0 when there is no group.
-
-    A consumer blocked in `XREADGROUP ... BLOCK` is seen again at each read, so a live one is idle for about a
-    block period at most; one that died, hangs, or cannot reach its other backends stops reading.
-    """
-    try:
-        consumers: Any = await redis.xinfo_consumers(stream, group)
-    except ResponseError:  # no such stream or group: no consumer ever started (or Redis restarted empty)
-        return 0
-    return sum(1 for consumer in consumers if int(consumer["idle"]) < alive_ms)
+async def live_consumers(redis: aioredis.Redis, presence_key: str, *, alive_ms: int) -> int:
+    """Consumers that announced themselves in `presence_key` within the last `alive_ms` (Redis's clock)."""
+    script = redis.register_script(_LIVE_CONSUMERS)
+    return int(await script(keys=[presence_key], args=[alive_ms]))
 
 
 async def group_lag(redis: aioredis.Redis, stream: str, group: str) -> int | None:

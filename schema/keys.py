@@ -15,6 +15,9 @@ PRICING_GROUP: Final = "pricing"
 BIDS_PRICED: Final = "bids:priced"
 AUDIT_GROUP: Final = "audit"
 
+# Consumers of a group announce themselves here while they read (sorted set: consumer -> last read, ms).
+CONSUMERS_PREFIX: Final = "consumers:"
+
 # Pricing agent -> gateway: replies, one stream per gateway process.
 REPLY_STREAM_PREFIX: Final = "bids:replies:"
 
@@ -38,6 +41,11 @@ COMPETITOR_PRICES_STREAM: Final = "competitor_prices:stream"
 
 def reply_stream(gateway_id: str) -> str:
     return f"{REPLY_STREAM_PREFIX}{gateway_id}"
+
+
+def consumers_key(group: str) -> str:
+    """The presence set of `group`'s consumers (`consumers:pricing`): who read recently, on Redis's clock."""
+    return f"{CONSUMERS_PREFIX}{group}"
 
 
 # The audit agent's per-UTC-day keys. The braces make the day the cluster hash tag, so a day's keys share a slot.

@@ -46,7 +46,7 @@ class Settings:
     redis_connect_timeout_s: float = 2.0
     redis_socket_timeout_s: float = 5.0  # a command (other than a blocking read) that takes longer has failed
     retry_delay_s: float = 0.2  # first pause after a failure; doubles (with jitter) on each failure in a row
-    retry_max_delay_s: float = 5.0  # ... up to this
+    retry_max_delay_s: float = 2.0  # ... up to this
 
     # Both agents (processors/): how they read their consumer groups.
     claim_idle_ms: int = 15_000  # another consumer's entry is taken over after this long unacknowledged
