@@ -202,26 +202,30 @@ class BatchRunner:
 
     async def isolate(self, batch: Batch) -> list[tuple[StreamEntry, BaseException]]:
         """Handle and acknowledge what succeeds; return the entries that fail on their own, with their errors."""
+        failure: Exception | None = None
         try:
             await self._retry(self.handling, lambda: self.handler(batch))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if len(batch) == 1:
-                return [(batch[0], exc)]
-            log.warning(
-                "handler failed on %d entries of %s (%s); splitting the batch to find the entries that fail",
-                len(batch),
-                batch.stream,
-                describe(exc),
-            )
-            middle = len(batch) // 2
-            failed: list[tuple[StreamEntry, BaseException]] = []
-            for half in (batch[:middle], batch[middle:]):
-                failed += await self.isolate(Batch(half, batch.stream, batch.group))
-            return failed
-        await self._acknowledge(batch)
-        return []
+            failure = exc
+        if failure is None:
+            await self._acknowledge(batch)
+            return []
+        if len(batch) == 1:
+            return [(batch[0], failure)]
+        # Outside the `except` block: the halves' own failures are not chained to this one in the logs.
+        log.warning(
+            "handler failed on %d entries of %s (%s); splitting the batch to find the entries that fail",
+            len(batch),
+            batch.stream,
+            describe(failure),
+        )
+        middle = len(batch) // 2
+        failed: list[tuple[StreamEntry, BaseException]] = []
+        for half in (batch[:middle], batch[middle:]):
+            failed += await self.isolate(Batch(half, batch.stream, batch.group))
+        return failed
 
     async def _retry(self, outage: Outage, operation: Callable[[], Awaitable[None]]) -> None:
         await retry(

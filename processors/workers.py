@@ -13,11 +13,12 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import asyncpg
 import faust
 import mode
+from redis import asyncio as aioredis
 
 from processors.app import StreamsApp, create_app
 from processors.audit import AuditHandler
@@ -157,15 +158,7 @@ def build_pricing_app(settings: ServerSettings, *, consumer: str | None = None) 
 
     @app.timer(settings.trim_interval_s)
     async def trim_streams() -> None:
-        # Never raises: an exception escaping a Faust timer crashes the whole worker. The next tick is the retry.
-        now_ms = int(time.time() * 1000)
-        try:
-            await trim_processed(redis, keys.BID_REQUESTS, keep_ms=settings.requests_retention_s * 1000, now_ms=now_ms)
-            await trim_processed(redis, keys.BIDS_PRICED, keep_ms=settings.priced_retention_s * 1000, now_ms=now_ms)
-        except Exception as exc:
-            trimming.failed(exc, transient=is_transient(exc))
-        else:
-            trimming.recovered()
+        await trim_bid_streams(redis, settings, trimming)
 
     return app
 
@@ -188,38 +181,56 @@ def build_audit_app(settings: ServerSettings, *, consumer: str | None = None) ->
     heartbeat = Heartbeat(config.heartbeat_file)
     handler = AuditHandler(redis, flags_maxlen=settings.audit_flags_maxlen)
     group_agent(app, redis, config, handler, name="audit_bids", heartbeat=heartbeat)
-    backoff = Backoff.from_settings(settings)
 
     @app.crontab(settings.audit_report_cron, timezone=UTC)
     async def daily_budget_audit() -> None:
-        # Never raises (an exception escaping a crontab crashes the worker). An outage at the scheduled time
-        # delays the report until the backends answer, instead of skipping the day; `now` and `run_id` are
-        # fixed at the scheduled run, so every attempt claims the same day's marker as the same run.
-        scheduled = datetime.now(UTC)
-        run_id = uuid.uuid4().hex
-        outage = Outage(
-            "the daily budget audit",
-            logger=log,
-            on_change=lambda problem: heartbeat.report("daily audit", problem, readiness=False),
-        )
-
-        async def attempt() -> None:
-            await run_scheduled_report(
-                settings.database_url,
-                redis,
-                now=scheduled,
-                reports_maxlen=settings.audit_reports_maxlen,
-                run_id=run_id,
-            )
-
-        try:
-            await retry(attempt, backoff=backoff, outage=outage, is_transient=is_transient)
-        except Exception:
-            # Not an outage: a retry would fail the same way. Tomorrow's run, and the CLI, still work.
-            log.exception("daily budget audit failed")
-            heartbeat.report("daily audit", None, readiness=False)
+        await run_daily_audit(settings, redis, heartbeat)
 
     return app
+
+
+async def trim_bid_streams(redis: aioredis.Redis, settings: Settings, outage: Outage) -> None:
+    """One trim of both bid streams. Never raises (an exception escaping a Faust timer crashes the whole
+    worker): a failure is reported through `outage`, and the timer's next tick is the retry."""
+    now_ms = int(time.time() * 1000)
+    try:
+        await trim_processed(redis, keys.BID_REQUESTS, keep_ms=settings.requests_retention_s * 1000, now_ms=now_ms)
+        await trim_processed(redis, keys.BIDS_PRICED, keep_ms=settings.priced_retention_s * 1000, now_ms=now_ms)
+    except Exception as exc:
+        outage.failed(exc, transient=is_transient(exc))
+    else:
+        outage.recovered()
+
+
+async def run_daily_audit(
+    settings: ServerSettings, redis: aioredis.Redis, heartbeat: Heartbeat, *, out: TextIO | None = None
+) -> None:
+    """The crontab's run. Never raises (an exception escaping a crontab crashes the worker). An outage at the
+    scheduled time delays the report until the backends answer, instead of skipping the day; `now` and
+    `run_id` are fixed at the scheduled run, so every attempt claims the same day's marker as the same run."""
+    scheduled, run_id = datetime.now(UTC), uuid.uuid4().hex
+    outage = Outage(
+        "the daily budget audit",
+        logger=log,
+        on_change=lambda problem: heartbeat.report("daily audit", problem, readiness=False),
+    )
+
+    async def attempt() -> None:
+        await run_scheduled_report(
+            settings.database_url,
+            redis,
+            now=scheduled,
+            out=out,
+            reports_maxlen=settings.audit_reports_maxlen,
+            run_id=run_id,
+        )
+
+    try:
+        await retry(attempt, backoff=Backoff.from_settings(settings), outage=outage, is_transient=is_transient)
+    except Exception:
+        # Not an outage: a retry would fail the same way. Tomorrow's run, and the CLI, still work.
+        log.exception("daily budget audit failed")
+        heartbeat.report("daily audit", None, readiness=False)
 
 
 def run_worker(app: faust.App, settings: Settings) -> NoReturn:
