@@ -24,7 +24,7 @@ from schema import keys
 from schema.settings import RedisSettings
 
 
-def main(settings: RedisSettings, args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+def main(settings: RedisSettings, args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     if args.action in ("replay", "purge"):
         if bool(args.ids) == bool(args.all):
             print(f"bidengine dead-letters {args.action}: give letter ids or --all (not both)", file=sys.stderr)
@@ -32,7 +32,7 @@ def main(settings: RedisSettings, args: argparse.Namespace, *, out: TextIO = sys
         if args.action == "purge" and args.all and not args.yes:
             print("bidengine dead-letters purge --all deletes every letter for good: add --yes", file=sys.stderr)
             return 2
-    return asyncio.run(_run(settings, args, out))
+    return asyncio.run(_run(settings, args, out or sys.stdout))
 
 
 async def _run(settings: RedisSettings, args: argparse.Namespace, out: TextIO) -> int:
