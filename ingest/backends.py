@@ -5,8 +5,8 @@ costs a request nothing but a quick 503 with `Retry-After`.
 
 Pricing agents alive. A bid accepted while no pricing agent consumes would wait the full reply timeout for a
 504, so the gateway also counts the live pricing agents: each one announces itself in `consumers:pricing`
-(a sorted set scored by Redis's clock) at most once a second, from its read loop, after a read succeeded and
-its batch was handed on (`redis_streams.groups`). One that died, hangs, or whose handler is stuck stops
+(a sorted set scored by Redis's clock) at most once a second, from its read loop, after each successful read
+(`redis_streams.groups`). One that died, hangs, or whose handler is stuck stops
 announcing; once none has for `CONSUMER_ALIVE_MS`, `/ready` and every bid answer 503 "no pricing agent is
 alive". `XINFO CONSUMERS` would need no writes, but before Redis 7.2 a consumer's idle time is reset only by
 reads that return entries: an agent blocked on a quiet stream looks dead there. Cost: docs/deploy.md.

@@ -37,7 +37,9 @@ entry is left pending: it is delivered again (to this consumer or another) by `X
 dead-lettered (`config.dead_letter_stream`, with the reason and the count) and acknowledged in one MULTI/EXEC.
 
 Liveness and readiness: `processors.heartbeat`. The read loop beats after each read, every retry loop after
-each failed attempt; a handler stuck forever stops the loop (the channel is bounded) and the beats.
+each failed attempt; a handler stuck forever stops the loop (the channel is bounded) and the beats. After its
+reads the loop also announces the consumer in `consumers:<group>` (at most once a second): how the gateway
+knows a pricing agent is alive.
 """
 
 from __future__ import annotations
