@@ -164,6 +164,8 @@ class GroupReader:
         # entries, so a slow batch of ours would otherwise be "reclaimed" by ourselves and handled twice.
         self._in_flight: set[str] = set()
         self._last_announce = float("-inf")
+        self._announce = redis.register_script(_ANNOUNCE)
+        self._expire_consumers = redis.register_script(_EXPIRE_CONSUMERS)
 
     async def ensure_group(self) -> None:
         await ensure_group(self.redis, self.config.stream, self.config.group)
@@ -184,8 +186,13 @@ class GroupReader:
         cfg = self.config
         block = ("BLOCK", block_ms) if block_ms is not None else ()
         command = ("XREADGROUP", "GROUP", cfg.group, cfg.consumer, "COUNT", cfg.batch_size, *block)
+        # Idempotent enough to retry once on a dead connection: entries whose reply was lost stay pending for
+        # this consumer, and `reclaim` hands them back after `claim_idle_ms`.
         (reply,) = await execute_packed(
-            self.redis, [(*command, "STREAMS", cfg.stream, start)], timeout_s=(block_ms or 0) / 1000 + 10
+            self.redis,
+            [(*command, "STREAMS", cfg.stream, start)],
+            timeout_s=(block_ms or 0) / 1000 + 10,
+            idempotent=True,
         )
         if isinstance(reply, Exception):
             raise reply
@@ -251,15 +258,15 @@ class GroupReader:
         now = time.monotonic()
         if cfg.presence_key is None or now - self._last_announce < ANNOUNCE_INTERVAL_S:
             return
-        script = self.redis.register_script(_ANNOUNCE)
-        await script(keys=[cfg.presence_key], args=[cfg.consumer, cfg.consumer_expiry_ms])
+        await self._announce(keys=[cfg.presence_key], args=[cfg.consumer, cfg.consumer_expiry_ms])
         self._last_announce = now
 
     async def expire_idle_consumers(self) -> list[str]:
         """Remove the group's members that hold nothing and have been idle for `consumer_expiry_ms`."""
         cfg = self.config
-        script = self.redis.register_script(_EXPIRE_CONSUMERS)
-        removed: Any = await script(keys=[cfg.stream], args=[cfg.group, cfg.consumer_expiry_ms, cfg.consumer])
+        removed: Any = await self._expire_consumers(
+            keys=[cfg.stream], args=[cfg.group, cfg.consumer_expiry_ms, cfg.consumer]
+        )
         return [str(name) for name in removed]
 
     def _track(self, entries: list[StreamEntry]) -> Batch:
