@@ -117,7 +117,6 @@ class GroupSource(mode.Service):
                     await self.reader.ensure_group()
                     group_exists = True
                 batch = await self.reader.read()
-                await self.reader.announce()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -133,8 +132,18 @@ class GroupSource(mode.Service):
             just_recreated = False
             self._read_outage.recovered()
             if batch:
+                # Nothing may fail between the read and this: a batch read is tracked as ours until handled.
                 await self.channel.send(value=batch)
             self.heartbeat.beat()
+            await self._announce()
+
+    async def _announce(self) -> None:
+        try:
+            await self.reader.announce()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis just went away: the next read meets the outage and reports it
+            log.debug("announcing %s failed: %s", self.reader.config.consumer, describe(exc))
 
     @mode.Service.task
     async def _reclaim_loop(self) -> None:

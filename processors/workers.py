@@ -29,7 +29,7 @@ from processors.pricing import PricingHandler
 from processors.transient import is_transient
 from redis_streams.client import connect
 from redis_streams.groups import Batch, GroupConfig, default_consumer_name, trim_processed
-from redis_streams.retry import Backoff, Outage, retry
+from redis_streams.retry import Backoff, Outage, describe, retry
 from schema import keys
 from schema.settings import ServerSettings, Settings
 
@@ -73,6 +73,14 @@ class PostgresPool(mode.Service):
             # empty (a fresh install) would keep scanning the whole table for existing request ids.
             server_settings={"plan_cache_mode": "force_custom_plan"},
         )
+
+    @mode.Service.task
+    async def _warm_up(self) -> None:
+        """Open one connection in the background, so the first batch does not pay for it (best effort)."""
+        try:
+            await self.pool.execute("SELECT 1")
+        except Exception as exc:  # never raise from a service task: it would crash the worker
+            log.info("PostgreSQL is not reachable yet (%s); batches will connect when it is", describe(exc))
 
     async def on_stop(self) -> None:
         if self._pool is not None:

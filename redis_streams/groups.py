@@ -227,9 +227,14 @@ class GroupReader:
         """How often each entry has been delivered to the group (absent: no longer pending)."""
         counts: dict[str, int] = {}
         for entry in entries:
-            pending: Any = await self.redis.xpending_range(
-                self.config.stream, self.config.group, min=entry.id, max=entry.id, count=1
-            )
+            try:
+                pending: Any = await self.redis.xpending_range(
+                    self.config.stream, self.config.group, min=entry.id, max=entry.id, count=1
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                return {}  # the group is gone (Redis restarted empty): nothing of it is pending any more
             if pending:
                 counts[entry.id] = int(pending[0]["times_delivered"])
         return counts

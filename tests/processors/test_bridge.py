@@ -212,3 +212,16 @@ async def wait_for(condition: object, timeout_s: float = 20.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not reached")
         await asyncio.sleep(0.02)
+
+
+async def test_a_failing_entry_whose_group_vanished_is_let_go(redis: aioredis.Redis) -> None:
+    """Redis restarted empty while the entry was being handled: nothing is pending any more, nothing to bury."""
+    reader, batch = await start(redis, 1)
+
+    async def handler(_entries: Batch) -> None:
+        await redis.xgroup_destroy(STREAM, "g")
+        raise Poisoned("no")
+
+    await asyncio.wait_for(BatchRunner(reader, handler, heartbeat=Heartbeat(None)).run(batch), timeout=10)
+    assert reader._in_flight == set()
+    assert await redis.xlen(DEAD) == 0
