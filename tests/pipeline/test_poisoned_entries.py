@@ -115,6 +115,11 @@ def test_poisoned_bid_request_is_dead_lettered_and_replayed_once(
         # The rest flowed first: every good reply was written before the dead letter.
         assert set(answered()) == {request.reply_id for request in requests} - {poisoned.reply_id}
         assert all(id_ms(entry_id) < id_ms(letter_id) for entry_id, _ in answered().values())
+        last_good = max(id_ms(entry_id) for entry_id, _ in answered().values())
+        print(
+            f"\n=== poisoned request: {GOOD} good bids answered, then the poisoned one dead-lettered "
+            f"{id_ms(letter_id)[0] - last_good[0]} ms later, after {MAX_DELIVERIES} deliveries (CLAIM_IDLE_MS=500)"
+        )
         assert client.xpending(keys.BID_REQUESTS, keys.PRICING_GROUP)["pending"] == 0
         with psycopg.connect(database_url, autocommit=True) as db:
             stored = dict(
