@@ -34,7 +34,7 @@ from schema.settings import Settings
 
 log = logging.getLogger("bidengine.run")
 
-ROLES = ("gateway", "pricing-agent", "audit-agent", "monitor")
+ROLES = ("gateway", "pricing-agent", "audit-agent", "monitor", "console")
 
 RESTART_BACKOFF = Backoff(initial_s=1.0, max_s=30.0)
 STABLE_AFTER_S = 60.0  # a role up this long is healthy again: its next exit restarts it after 1 s
@@ -138,6 +138,14 @@ def run_all(settings: Settings, roles: tuple[str, ...] = ROLES, *, fake_source: 
             for process in supervised:
                 process.start(now)
             log.info("gateway on http://%s:%d/api/bid/", settings.gateway_host, settings.gateway_port)
+            if "console" in roles:
+                log.info(
+                    "console on http://%s:%d/ ; create its first user in another shell with: "
+                    "DATABASE_URL='%s' .venv/bin/bidengine console-user add NAME --role operator",
+                    settings.console_host,
+                    settings.console_port,
+                    database_url,
+                )
             while True:
                 time.sleep(POLL_INTERVAL_S)
                 now = time.monotonic()

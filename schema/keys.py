@@ -24,7 +24,6 @@ REPLY_STREAM_PREFIX: Final = "bids:replies:"
 # Entries an agent gave up on, one dead-letter stream per agent (kept for on-call to replay or purge).
 BIDS_DEAD_LETTER: Final = "bids:dead"  # requests of `bids:requests` the pricing agent could not store
 AUDIT_DEAD_LETTER: Final = "audit:dead"  # entries of `bids:priced` the audit agent could not review
-DEAD_LETTER_STREAMS: Final = (BIDS_DEAD_LETTER, AUDIT_DEAD_LETTER)
 
 # Audit agent outputs.
 AUDIT_FLAGS: Final = "audit:flags"
@@ -37,6 +36,15 @@ AUDIT_REPORT_RUN_PREFIX: Final = "audit:reports:run:"
 # Competitor monitor outputs: a list for existing consumers, a stream for ordered change feeds.
 COMPETITOR_PRICES_LIST: Final = "competitor_prices"
 COMPETITOR_PRICES_STREAM: Final = "competitor_prices:stream"
+
+# On-call console: login attempts counted per user name and per client address, each for one window
+# (CONSOLE_LOGIN_WINDOW_S, the key's TTL).
+CONSOLE_LOGIN_USER_PREFIX: Final = "console:login:user:"
+CONSOLE_LOGIN_ADDRESS_PREFIX: Final = "console:login:addr:"
+
+# Every dead-letter stream and the stream its entries came from (the console and `bidengine dead-letters` list,
+# replay and purge them).
+DEAD_LETTER_STREAMS: Final = {BIDS_DEAD_LETTER: BID_REQUESTS, AUDIT_DEAD_LETTER: BIDS_PRICED}
 
 
 def reply_stream(gateway_id: str) -> str:

@@ -63,6 +63,10 @@ def test_a_role_killed_with_sigkill_is_restarted_and_sigterm_stops_everything(tm
     env.update(
         GATEWAY_PORT=str(gateway_port),
         MONITOR_PORT=str(monitor_port),
+        CONSOLE_PORT=str(free_port()),
+        PRICING_METRICS_PORT=str(free_port()),
+        AUDIT_METRICS_PORT=str(free_port()),
+        MONITOR_METRICS_PORT=str(free_port()),
         TMPDIR=str(tmp_path),
         LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
