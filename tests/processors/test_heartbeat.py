@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -117,7 +118,10 @@ def test_probe_reads_the_heartbeat_age(role: str, tmp_path: Path) -> None:
     os.utime(heartbeat, (past, past))
     old = probe(role, tmp_path)
     assert old.returncode == 1
-    assert "31s old" in old.stderr
+    # At least 31 s: the probe process may take a moment to start on a loaded machine.
+    age = re.search(r"is (\d+)s old \(max 30s\)", old.stderr)
+    assert age is not None, old.stderr
+    assert int(age[1]) >= 31
     assert probe(role, tmp_path, "--max-age-s", "60").returncode == 0
 
 
