@@ -40,7 +40,7 @@ with the same expiry. A bid whose bit is 0 is also looked up in its day's set wh
 EXISTS per day per script, SISMEMBER only then), so an entry counted by the old agent and redelivered to the
 new one is not counted again. The sets are never written and are gone KEY_TTL_S after the upgrade.
 
-Bounds. A seen key is created at its full size (`SEEN_KEY_BYTES`, 128 KiB for 1,048,448 ids: 1.0005 bits
+Bounds. A seen key is created at its full size (`SEEN_KEY_BYTES`, 128 KiB for 1,048,320 ids: 1.0006 bits
 per id measured) and lives KEY_TTL_S after its last bit was set: at 1,000 bids/s, 10 days of ids are about
 108 MB. Money is summed in integer cents (HINCRBY), so totals are exact; a call carries at most
 MAX_BIDS_PER_CALL bids whose deviations are below 2 * 10^12 cents each, so the script's sums stay below 2^53,
@@ -103,19 +103,23 @@ local function unpacked_calls(command, key, fixed, args)
   return replies
 end
 
--- The flag entry's template: its names, the batch's time, and where each per-bid value comes from.
-local flag, kinds, value_offset = {}, {}, {}
-local values_per_flag = 0
+-- The flag entry's template: its names, the batch's time, and where each per-bid value goes.
+local flag, value_at_field = {}, {}
+local bid_field, product_field
 for f = 1, nfields do
   flag[2 * f - 1] = ARGV[names_at + f - 1]
-  kinds[f] = string.sub(layout, f, f)
-  if kinds[f] == 'v' then
-    value_offset[f] = values_per_flag
-    values_per_flag = values_per_flag + 1
-  elseif kinds[f] == 't' then
+  local kind = string.sub(layout, f, f)
+  if kind == 'v' then
+    value_at_field[#value_at_field + 1] = 2 * f
+  elseif kind == 'i' then
+    bid_field = 2 * f
+  elseif kind == 'p' then
+    product_field = 2 * f
+  else
     flag[2 * f] = flagged_at
   end
 end
+local values_per_flag = #value_at_field
 local slot_day, slot_range = {}, {}
 for s = 1, nslots do
   slot_day[s] = tonumber(ARGV[slots_at + 2 * s - 2])
@@ -198,16 +202,11 @@ for i = 0, nbids - 1 do
       day[4] = day[4] + cents
       product[2] = product[2] + 1
       flagged = flagged + 1
-      for f = 1, nfields do
-        local kind = kinds[f]
-        if kind == 'v' then
-          flag[2 * f] = ARGV[value_at + value_offset[f]]
-        elseif kind == 'i' then
-          flag[2 * f] = ARGV[at + 2]
-        elseif kind == 'p' then
-          flag[2 * f] = ARGV[at + 3]
-        end
+      for v = 1, values_per_flag do
+        flag[value_at_field[v]] = ARGV[value_at + v - 1]
       end
+      flag[bid_field] = ARGV[at + 2]
+      flag[product_field] = ARGV[at + 3]
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', unpack(flag))
     end
   end
