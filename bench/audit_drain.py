@@ -67,13 +67,15 @@ class Drain:
         )
 
 
-def bid_requests(count: int, products: int, seed: int = 12) -> list[BidRequested]:
+def bid_requests(
+    count: int, products: int, *, reply_to: str = "bids:replies:bench", seed: int = 12
+) -> list[BidRequested]:
     """Varied bids: products drawn from `products`, CPCs 0.05-20.00, target ROAS 50-400 (most are flagged)."""
     rng = random.Random(seed)
     return [
         BidRequested(
             str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            "bids:replies:bench",
+            reply_to,
             str(i),
             rng.randint(1, products),
             rng.randint(5, 2000) / 100,
