@@ -209,12 +209,15 @@ def _signed_cents(value: int) -> str:
 
 
 def _is_canonical_utc(moment: str) -> bool:
-    """Whether `moment` (a valid ISO timestamp) is already what datetime.isoformat() writes for it, in UTC."""
-    if moment[10:11] != "T" or moment[4:5] != "-" or moment[7:8] != "-":
-        return False
+    """Whether `moment`, a timestamp fromisoformat() accepted, is what isoformat() writes for it, in UTC (as the
+    pricing agent writes it): then its first ten characters are its UTC day."""
     if len(moment) == 32:
-        return moment[19] == "." and moment[26:] == "+00:00" and moment[20:26] != "000000"
-    return len(moment) == 25 and moment[19:] == "+00:00"
+        if moment[26:] != "+00:00" or moment[19] != "." or moment[20:26] == "000000":
+            return False
+    elif len(moment) != 25 or moment[19:] != "+00:00":
+        return False
+    # Not a week date ("2026-W48-2"), which has the same length and separators.
+    return moment[10] == "T" and moment[4] == "-" and moment[7] == "-" and moment[5] != "W"
 
 
 # What the audit reads of a `bids:priced` entry: (bid_id, request_id, product_id, current cents, current text,

@@ -135,6 +135,26 @@ def test_flag_values_encode_as_the_contract(current: int, adjusted: int, at: dat
 
 
 @pytest.mark.parametrize(
+    ("moment", "day"),
+    [
+        ("2026-11-24T23:30:00.000001+00:00", "2026-11-24"),
+        ("2026-11-24T23:30:00+00:00", "2026-11-24"),
+        ("2026-11-24T23:30:00.000000+00:00", "2026-11-24"),  # isoformat() would not write the zeros
+        ("2026-11-24T23:30:00.000001-01:00", "2026-11-25"),
+        ("2026-11-24 23:30:00.000001+00:00", "2026-11-24"),
+        ("2026-W48-2T23:30:00.000001+00:00", "2026-11-24"),  # a week date of the same length
+        ("2026-11-24T23:30:00.000001", "2026-11-24"),  # naive: taken as UTC
+        ("2026-11-24T23:30:00Z", "2026-11-24"),
+    ],
+)
+def test_the_day_is_the_utc_day_of_any_iso_spelling(moment: str, day: str) -> None:
+    fields = {**priced_bid(1, 2, 100, 200, datetime.now(UTC)).to_fields(), "calculated_at": moment}
+    decoded = audited_bid(fields)
+    assert decoded[7] == day
+    assert decoded[8] == PricedBid.from_fields(fields).calculated_at.isoformat()
+
+
+@pytest.mark.parametrize(
     ("field", "value"),
     [
         ("bid_id", "x"),
