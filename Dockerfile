@@ -24,6 +24,7 @@ COPY bidengine ./bidengine
 COPY ingest ./ingest
 COPY processors ./processors
 COPY monitor ./monitor
+COPY console ./console
 COPY schema ./schema
 COPY redis_streams ./redis_streams
 COPY legacy ./legacy
@@ -57,7 +58,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && bidengine --help >/dev/null
 
 # Health of whichever role runs in this container (Docker / compose only; Kubernetes uses the chart's probes):
-# the gateway and the monitor answer GET /health; the agents (no HTTP port) run `bidengine probe <role>`
+# the gateway, the monitor and the console answer GET /health; the agents (no HTTP port) run `bidengine probe <role>`
 # (their heartbeat file is recent); any other role needs Redis to be reachable.
 COPY --chmod=0755 <<'EOF' /usr/local/bin/bidengine-healthcheck
 #!/usr/bin/env python3
@@ -67,7 +68,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-HTTP_ROLES = {"gateway": ("GATEWAY_PORT", 8000), "monitor": ("MONITOR_PORT", 3001)}
+HTTP_ROLES = {"gateway": ("GATEWAY_PORT", 8000), "monitor": ("MONITOR_PORT", 3001), "console": ("CONSOLE_PORT", 8001)}
 HEARTBEAT_ROLES = {"pricing-agent", "audit-agent"}
 
 

@@ -1,10 +1,15 @@
 """Benchmark: how fast one pricing agent drains a backlog (large batches, no HTTP in the way).
 
-    REDIS_URL=... DATABASE_URL=... python -m bench.agent_drain [--bids 150000]
+    REDIS_URL=... DATABASE_URL=... python -m bench.agent_drain [--bids 150000] [--baseline DIR [--rounds 2]]
 
 Fills `bids:requests` on the given Redis database (flushed first!) with valid bid events, starts a real
 pricing agent, and times from its first read until its group has neither lag nor pending entries. Prints
-bids/s and the agent's CPU seconds per bid (process startup subtracted by measuring an empty run).
+bids/s and the agent's CPU seconds per bid (measured from the agent's first read, so startup is excluded).
+
+With `--baseline DIR` (a checkout of the version to compare with, e.g. `git archive main | tar -x -C DIR`),
+that version's agent drains the same backlog too, in the same run, on the same database: rounds alternate
+baseline, current, current, baseline, ... so a table that grows from run to run favours neither. It prints
+each run, the medians and the ratios. The database must have the current version's migrations applied.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +36,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drain(bids: int) -> tuple[float, float]:
+async def drain(bids: int, code_dir: str | None = None) -> tuple[float, float]:
     redis = aioredis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
     await redis.flushdb()
     commands = [
@@ -39,8 +45,10 @@ async def drain(bids: int) -> tuple[float, float]:
     ]
     for start in range(0, bids, 5000):
         await execute_packed(redis, commands[start : start + 5000])
+    # `python -m` puts the working directory first on sys.path: the agent runs the code found there.
+    env = {**os.environ, "PYTHONPATH": code_dir} if code_dir else None
     agent = subprocess.Popen(  # noqa: ASYNC220  # started once, before the timed part
-        [sys.executable, "-m", "bidengine.cli", "pricing-agent"], stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "bidengine.cli", "pricing-agent"], stderr=subprocess.DEVNULL, cwd=code_dir, env=env
     )
     started: float | None = None
     cpu_at_start = 0.0
@@ -61,15 +69,37 @@ async def drain(bids: int) -> tuple[float, float]:
         await redis.aclose()
 
 
+def report(label: str, bids: int, seconds: float, cpu: float) -> None:
+    print(
+        f"{label}: drained {bids:,} bids in {seconds:.2f} s: {bids / seconds:,.0f} bids/s, "
+        f"agent CPU {cpu / bids * 1e6:.1f} us/bid (batches of up to PRICING_BATCH_SIZE)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bids", type=int, default=150_000)
+    parser.add_argument("--baseline", metavar="DIR", help="a checkout of the version to compare with")
+    parser.add_argument("--rounds", type=int, default=2, help="with --baseline: runs of each version")
     args = parser.parse_args()
-    seconds, cpu = asyncio.run(drain(args.bids))
-    print(
-        f"drained {args.bids:,} bids in {seconds:.2f} s: {args.bids / seconds:,.0f} bids/s, "
-        f"agent CPU {cpu / args.bids * 1e6:.0f} us/bid (batches of up to PRICING_BATCH_SIZE)"
-    )
+    if not args.baseline:
+        report("current", args.bids, *asyncio.run(drain(args.bids)))
+        return 0
+    runs: dict[str, list[tuple[float, float]]] = {"baseline": [], "current": []}
+    for round_ in range(args.rounds):
+        order = ("baseline", "current") if round_ % 2 == 0 else ("current", "baseline")
+        for label in order:
+            seconds, cpu = asyncio.run(drain(args.bids, args.baseline if label == "baseline" else None))
+            runs[label].append((seconds, cpu))
+            report(f"{label} (round {round_ + 1})", args.bids, seconds, cpu)
+    medians = {
+        label: (statistics.median(s for s, _ in results), statistics.median(c for _, c in results))
+        for label, results in runs.items()
+    }
+    for label, (seconds, cpu) in medians.items():
+        report(f"{label} median", args.bids, seconds, cpu)
+    (base_s, base_cpu), (cur_s, cur_cpu) = medians["baseline"], medians["current"]
+    print(f"current / baseline: bids/s x{base_s / cur_s:.3f}, agent CPU per bid x{cur_cpu / base_cpu:.3f}")
     return 0
 
 

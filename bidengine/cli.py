@@ -65,9 +65,39 @@ def _long_running(role: Callable[[_RoleSettings], int], settings: _RoleSettings)
     return role(settings)
 
 
-def _run_all(settings: Settings, args: argparse.Namespace) -> int:
-    from bidengine.supervisor import run_all
+def _console(settings: Settings, _args: argparse.Namespace) -> int:
+    from console.server import main
 
+    return main(ServerSettings.from_settings(settings))
+
+
+def _console_user(settings: Settings, args: argparse.Namespace) -> int:
+    from console.user_cli import main
+
+    return main(DatabaseSettings.from_settings(settings), args.action, args.name, args.role)
+
+
+# The same as console.user_cli.ACTIONS, not imported from there: building the parser must stay light
+# (`bidengine probe` runs every few seconds and loads no client library).
+CONSOLE_USER_ACTIONS = ("add", "list", "disable", "enable", "password")
+
+
+def _console_user_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action", choices=CONSOLE_USER_ACTIONS, help="add a user, list them, disable/enable one, set a password"
+    )
+    parser.add_argument("name", nargs="?", help="the user name (lower-case letters, digits, '.', '_', '-')")
+    parser.add_argument("--role", choices=["viewer", "operator"], help="for add: viewer (default) or operator")
+
+
+def _run_all(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from bidengine.supervisor import run_all
+    from console.server import ensure_development_session_key
+
+    # Development only: the console gets a throwaway session key when none is set (and says so).
+    ensure_development_session_key(os.environ)
     return run_all(settings, fake_source=args.fake_source)
 
 
@@ -158,6 +188,12 @@ COMMANDS: dict[str, Command] = {
         _seed, "append realistic bids to the database (COPY), e.g. --rows 1000000 --days 90", _seed_options
     ),
     "probe": Command(_probe, "liveness of a running agent: exit 1 unless its heartbeat file is recent", _probe_options),
+    "console": Command(_console, "run the on-call web console (docs/console.md)"),
+    "console-user": Command(
+        _console_user,
+        "manage console users: add|list|disable|enable|password NAME [--role viewer|operator]",
+        _console_user_options,
+    ),
 }
 
 

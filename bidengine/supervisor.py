@@ -21,7 +21,7 @@ from schema.settings import Settings
 
 log = logging.getLogger("bidengine.run")
 
-ROLES = ("gateway", "pricing-agent", "audit-agent", "monitor")
+ROLES = ("gateway", "pricing-agent", "audit-agent", "monitor", "console")
 
 
 class _Stop(Exception):
@@ -52,6 +52,14 @@ def run_all(settings: Settings, roles: tuple[str, ...] = ROLES, *, fake_source: 
                 processes[role] = subprocess.Popen([sys.executable, "-m", "bidengine.cli", role], env=env)
                 log.info("started %s (pid %d)", role, processes[role].pid)
             log.info("gateway on http://%s:%d/api/bid/", settings.gateway_host, settings.gateway_port)
+            if "console" in roles:
+                log.info(
+                    "console on http://%s:%d/ ; create its first user in another shell with: "
+                    "DATABASE_URL='%s' .venv/bin/bidengine console-user add NAME --role operator",
+                    settings.console_host,
+                    settings.console_port,
+                    database_url,
+                )
             while True:
                 for role, process in processes.items():
                     if process.poll() is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import random
 import uuid
@@ -23,11 +24,13 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ingest.backends import BackendMonitor
+from ingest.metrics import GatewayMetrics
 from ingest.publisher import PublishFailed, StreamPublisher
 from ingest.replies import ReplyRouter, ReplyTimeout
 from ingest.validation import BidValidationError, parse_bid
 from schema import keys
 from schema.events import BidReply, BidRequested
+from schema.http_api import openapi_document
 from schema.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 # Request ids derived from an Idempotency-Key: the same key always names the same stored bid.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c2a52-3f5e-4d0b-9a51-1c7e0a3b8d21")
 MAX_IDEMPOTENCY_KEY = 255
+
+GATEWAY_METRICS: web.AppKey[GatewayMetrics] = web.AppKey("gateway_metrics")
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -177,6 +182,15 @@ def create_app(settings: Settings, redis: aioredis.Redis, database_url: str) -> 
     app.router.add_post("/api/bid", gateway.post_bid)
     app.router.add_get("/health", gateway.health)
     app.router.add_get("/ready", gateway.ready)
+    # The contract (docs: schema/http_api.py), serialized once; and this gateway's Prometheus metrics.
+    openapi_json = json.dumps(openapi_document()).encode()
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.Response(body=openapi_json, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi)
+    app[GATEWAY_METRICS] = metrics = GatewayMetrics()
+    app.router.add_get("/metrics", metrics.expose)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         async with gateway.running():

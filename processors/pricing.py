@@ -5,14 +5,22 @@ replies sent to each gateway, the stored bids published on `bids:priced` and the
 A crash anywhere before that redelivers the batch, and the unique
 `request_id` turns the second insert into a lookup of the row already stored: at-least-once delivery,
 exactly-once effect.
+
+Idempotency (the bidder's `Idempotency-Key` becomes the request id): every request is answered on its own.
+Among the requests of a batch that share a request id, the first in stream order is inserted if no row exists;
+then each request is compared with the row stored for its id, by request fingerprint (`schema.idempotency`):
+equal, it gets that bid's id and price; different, an idempotency conflict (no id, no price). It does not
+matter whether the row was inserted by this statement, stored earlier, or committed by another agent while
+our INSERT waited on it (a reclaimed entry handled twice): the same comparison decides.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -20,42 +28,54 @@ from decimal import Decimal
 import asyncpg
 from redis import asyncio as aioredis
 
-from legacy import InvalidArgumentError, calculate_adjusted_cpc
+from legacy import calculate_adjusted_cpc
 from redis_streams.groups import Batch, StreamEntry
 from redis_streams.pipe import Command, execute_packed, xadd
 from schema import keys
 from schema.database import BIDS_TABLE
 from schema.events import BidReply, BidRequested, DeadLetter, EventDecodeError, PricedBid, encode_replies, money
+from schema.idempotency import request_fingerprint
 from schema.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# One statement per batch: insert what is new, and return the stored row for every request id, new or not.
-# The second SELECT sees the snapshot taken before the INSERT, so it returns only rows stored earlier
-# (a redelivery, or a retry with the same Idempotency-Key), flagged when they differ from this request.
+# One statement per batch: insert what is new, and return the stored row of every request id, new or not.
+# The input holds each request id once (the first request of the batch that carries it, in stream order), so
+# no row is chosen arbitrarily. The second SELECT sees the snapshot taken before the INSERT, so it returns only
+# rows stored earlier (a redelivery, or a retry with the same Idempotency-Key). Whether a request is the one a
+# row was stored for is decided afterwards, request by request, on the request fingerprints.
+# Rows are inserted in request id order: two agents whose batches share request ids then wait on each other
+# in one direction only, instead of deadlocking (A holds K1 and waits for K2 while B holds K2 and waits for K1).
 STORE_BATCH_SQL = f"""
 WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::float8[], $4::float8[], $5::float8[])
-        AS t(request_id, product_id, current_cpc, target_roas, adjusted_cpc)
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::bigint[])
+        AS t(request_id, product_id, current_cpc, target_roas, adjusted_cpc, request_fingerprint)
 ), inserted AS (
-    INSERT INTO {BIDS_TABLE} (request_id, product_id, current_cpc, target_roas, adjusted_cpc)
-    SELECT request_id, product_id, current_cpc, target_roas, adjusted_cpc FROM input
+    INSERT INTO {BIDS_TABLE} (request_id, product_id, current_cpc, target_roas, adjusted_cpc, request_fingerprint)
+    SELECT request_id, product_id, current_cpc, target_roas, adjusted_cpc, request_fingerprint FROM input
+    ORDER BY request_id
     ON CONFLICT (request_id) DO NOTHING
-    RETURNING id, request_id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at
+    RETURNING id, request_id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_fingerprint
 )
-SELECT *, true AS same_request FROM inserted
+SELECT * FROM inserted
 UNION ALL
-SELECT DISTINCT ON (b.id) b.id, b.request_id, b.product_id, b.current_cpc, b.target_roas, b.adjusted_cpc,
-       b.calculated_at,
-       (b.product_id = i.product_id AND b.current_cpc = i.current_cpc::numeric(12, 2)
-        AND b.target_roas = i.target_roas::numeric(12, 4)) AS same_request
-FROM {BIDS_TABLE} b JOIN input i USING (request_id)
+SELECT b.id, b.request_id, b.product_id, b.current_cpc, b.target_roas, b.adjusted_cpc, b.calculated_at,
+       b.request_fingerprint
+FROM {BIDS_TABLE} b JOIN input USING (request_id)
 """
 
 # Rows another agent committed while our INSERT waited on them are not in our snapshot: look them up after.
 FETCH_STORED_SQL = f"""
-SELECT id, request_id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at
+SELECT id, request_id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_fingerprint
 FROM {BIDS_TABLE} WHERE request_id = ANY($1::uuid[])
+"""
+
+# Rows stored before request fingerprints existed (migration 0003) have none: a request is then compared by
+# its values as the columns would store them, converted by PostgreSQL itself (the same casts as the INSERT).
+AS_STORED_SQL = """
+SELECT current_cpc::numeric(12, 2) AS current_cpc, target_roas::numeric(12, 4) AS target_roas
+FROM unnest($1::float8[], $2::float8[]) WITH ORDINALITY AS t(current_cpc, target_roas, position)
+ORDER BY position
 """
 
 
@@ -64,20 +84,21 @@ class PricedRequest:
     entry: StreamEntry
     event: BidRequested
     adjusted_cpc: float
+    fingerprint: int
 
 
 @dataclass(frozen=True, slots=True)
 class StoredRow:
     bid: PricedBid
-    same_request: bool
+    request_fingerprint: int | None  # None: stored before fingerprints existed
 
 
-def _priced_bid(row: asyncpg.Record) -> PricedBid:
+def _stored_row(row: asyncpg.Record) -> StoredRow:
     calculated_at: datetime = row["calculated_at"]
     current_cpc: Decimal = row["current_cpc"]
     target_roas: Decimal = row["target_roas"]
     adjusted_cpc: Decimal = row["adjusted_cpc"]
-    return PricedBid(
+    bid = PricedBid(
         bid_id=row["id"],
         request_id=str(row["request_id"]),
         product_id=row["product_id"],
@@ -86,6 +107,11 @@ def _priced_bid(row: asyncpg.Record) -> PricedBid:
         adjusted_cpc=adjusted_cpc,
         calculated_at=calculated_at,
     )
+    return StoredRow(bid, row["request_fingerprint"])
+
+
+def _by_request_id(rows: Iterable[asyncpg.Record]) -> dict[str, StoredRow]:
+    return {stored.bid.request_id: stored for stored in map(_stored_row, rows)}
 
 
 class PricingHandler:
@@ -115,8 +141,10 @@ class PricingHandler:
             log.exception("batch insert rejected by PostgreSQL; storing its %d rows one by one", len(priced))
             stored, rejected = await self._store_one_by_one(priced)
             dead.extend(rejected)
-            priced = [p for p in priced if p.event.request_id in stored]
-        await self._publish(priced, stored, dead, ack=batch.ack_command())
+            rejected_entries = {entry.id for entry, _, _ in rejected}
+            priced = [p for p in priced if p.entry.id not in rejected_entries]
+        same = await self._same_requests(priced, stored)
+        await self._publish(priced, stored, same, dead, ack=batch.ack_command())
         batch.mark_acknowledged()
         log.debug("batch of %d priced in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
 
@@ -131,47 +159,91 @@ class PricingHandler:
                 continue
             try:
                 adjusted = calculate_adjusted_cpc(event.current_cpc, event.target_roas)
-            except InvalidArgumentError as exc:
+                fingerprint = request_fingerprint(event.product_id, event.current_cpc, event.target_roas)
+            except ValueError as exc:  # InvalidArgumentError, or a product id beyond 64 bits
                 # The gateway validates first, so this is a producer bug: keep the entry for on-call.
                 dead.append((entry, str(exc), event))
                 continue
-            priced.append(PricedRequest(entry, event, adjusted))
+            priced.append(PricedRequest(entry, event, adjusted, fingerprint))
         return priced, dead
 
     async def _store(self, priced: Sequence[PricedRequest]) -> dict[str, StoredRow]:
-        request_ids = [p.event.request_id for p in priced]
+        """The stored row of each request id of `priced`, inserting the ones that have none yet."""
+        # Requests that share a request id (retries, or conflicting bodies, under one Idempotency-Key): the
+        # first in stream order is the one stored when no row exists yet; every one is answered afterwards.
+        first: dict[str, PricedRequest] = {}
+        for request in priced:
+            first.setdefault(request.event.request_id, request)
+        inserting = first.values()
         # One statement is one transaction (all rows or none): no BEGIN/COMMIT round trips needed.
         rows = await self.pool.fetch(
             STORE_BATCH_SQL,
-            request_ids,
-            [p.event.product_id for p in priced],
-            [p.event.current_cpc for p in priced],
-            [p.event.target_roas for p in priced],
-            [p.adjusted_cpc for p in priced],
+            list(first),
+            [p.event.product_id for p in inserting],
+            [p.event.current_cpc for p in inserting],
+            [p.event.target_roas for p in inserting],
+            [p.adjusted_cpc for p in inserting],
+            [p.fingerprint for p in inserting],
         )
-        stored = {str(row["request_id"]): StoredRow(_priced_bid(row), row["same_request"]) for row in rows}
-        missing = [rid for rid in set(request_ids) if rid not in stored]
-        if missing:
-            for row in await self.pool.fetch(FETCH_STORED_SQL, missing):
-                stored[str(row["request_id"])] = StoredRow(_priced_bid(row), False)
+        stored = _by_request_id(rows)
+        if len(stored) < len(first):
+            # Committed by another transaction (another agent, or a batch of ours handled concurrently) after
+            # our snapshot: our INSERT waited for it, then skipped the id. Read it now; it is compared like any.
+            missing = [request_id for request_id in first if request_id not in stored]
+            stored.update(_by_request_id(await self.pool.fetch(FETCH_STORED_SQL, missing)))
+            for request_id in missing:
+                if request_id not in stored:
+                    stored[request_id] = self._spelled_differently(request_id, stored)
         return stored
+
+    @staticmethod
+    def _spelled_differently(request_id: str, stored: dict[str, StoredRow]) -> StoredRow:
+        # PostgreSQL also reads upper-case, braced or unhyphenated UUIDs and answers in the canonical form.
+        # Not found at all, the row was deleted since: raising retries the batch, which stores it anew.
+        canonical = str(uuid.UUID(request_id))
+        if canonical not in stored:
+            raise LookupError(f"no row is stored for request id {request_id}")
+        return stored[canonical]
 
     async def _store_one_by_one(
         self, priced: Sequence[PricedRequest]
     ) -> tuple[dict[str, StoredRow], list[tuple[StreamEntry, str, BidRequested | None]]]:
         stored: dict[str, StoredRow] = {}
         rejected: list[tuple[StreamEntry, str, BidRequested | None]] = []
-        for request in priced:
+        for request in priced:  # in stream order, so the first storable request of a request id is stored
             try:
                 stored.update(await self._store([request]))
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 rejected.append((request.entry, f"not stored: {exc}", request.event))
         return stored, rejected
 
+    async def _same_requests(self, priced: Sequence[PricedRequest], stored: dict[str, StoredRow]) -> list[bool]:
+        """For each request: is it the request its request id's row was stored for (a replay), or another one?"""
+        rows = [stored[p.event.request_id] for p in priced]
+        same = [row.request_fingerprint == p.fingerprint for p, row in zip(priced, rows, strict=True)]
+        legacy = [i for i, row in enumerate(rows) if row.request_fingerprint is None]
+        if legacy:
+            # Rows stored before fingerprints existed: compare the values as the columns hold them (the rule
+            # those rows were stored under; sub-cent differences are not seen).
+            as_stored = await self.pool.fetch(
+                AS_STORED_SQL,
+                [priced[i].event.current_cpc for i in legacy],
+                [priced[i].event.target_roas for i in legacy],
+            )
+            for i, values in zip(legacy, as_stored, strict=True):
+                bid = rows[i].bid
+                same[i] = (
+                    bid.product_id == priced[i].event.product_id
+                    and bid.current_cpc == values["current_cpc"]
+                    and bid.target_roas == values["target_roas"]
+                )
+        return same
+
     async def _publish(
         self,
         priced: Sequence[PricedRequest],
         stored: dict[str, StoredRow],
+        same: Sequence[bool],
         dead: Sequence[tuple[StreamEntry, str, BidRequested | None]],
         *,
         ack: Command,
@@ -179,16 +251,21 @@ class PricingHandler:
         replies: dict[str, list[BidReply]] = defaultdict(list)
         commands: list[Command] = []
         published: set[int] = set()
-        for request in priced:
-            row = stored[request.event.request_id]
-            if row.same_request:
-                reply = BidReply(request.event.reply_id, row.bid.bid_id, money(row.bid.adjusted_cpc))
-            else:
-                reply = BidReply(request.event.reply_id, row.bid.bid_id, error=BidReply.IDEMPOTENCY_CONFLICT)
-            replies[request.event.reply_to].append(reply)
-            if row.bid.bid_id not in published:
-                published.add(row.bid.bid_id)
-                commands.append(xadd(keys.BIDS_PRICED, row.bid.to_fields()))
+        for request, same_request in zip(priced, same, strict=True):
+            bid = stored[request.event.request_id].bid
+            if not same_request:
+                # Neither the price nor the id of a bid is ever answered to another request, and a conflict
+                # publishes nothing: every stored bid is published by the request it was stored for.
+                replies[request.event.reply_to].append(
+                    BidReply(request.event.reply_id, error=BidReply.IDEMPOTENCY_CONFLICT)
+                )
+                continue
+            replies[request.event.reply_to].append(
+                BidReply(request.event.reply_id, bid.bid_id, money(bid.adjusted_cpc))
+            )
+            if bid.bid_id not in published:
+                published.add(bid.bid_id)
+                commands.append(xadd(keys.BIDS_PRICED, bid.to_fields()))
         for entry, reason, event in dead:
             log.error("dead-lettering %s: %s", entry.id, reason)
             dead_letter = DeadLetter(entry.id, keys.BID_REQUESTS, reason, entry.fields)

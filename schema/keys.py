@@ -33,6 +33,14 @@ AUDIT_REPORT_RUN_PREFIX: Final = "audit:reports:run:"
 COMPETITOR_PRICES_LIST: Final = "competitor_prices"
 COMPETITOR_PRICES_STREAM: Final = "competitor_prices:stream"
 
+# On-call console: login attempts counted per user name and per client address, each for one window
+# (CONSOLE_LOGIN_WINDOW_S, the key's TTL).
+CONSOLE_LOGIN_USER_PREFIX: Final = "console:login:user:"
+CONSOLE_LOGIN_ADDRESS_PREFIX: Final = "console:login:addr:"
+
+# Every dead-letter stream and the stream its entries came from (the console lists, replays and purges them).
+DEAD_LETTER_STREAMS: Final = {BIDS_DEAD_LETTER: BID_REQUESTS}
+
 
 def reply_stream(gateway_id: str) -> str:
     return f"{REPLY_STREAM_PREFIX}{gateway_id}"

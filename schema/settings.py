@@ -75,6 +75,42 @@ class Settings:
     monitor_host: str = "127.0.0.1"
     monitor_port: int = 3001
 
+    # On-call console (console/). See the README's Console section.
+    console_host: str = "127.0.0.1"
+    console_port: int = 8001
+    # Fernet key (urlsafe base64 of 32 bytes) that signs and encrypts the session cookie. Required by
+    # `bidengine console`; `bidengine run` generates one for development when it is unset.
+    console_session_key: str | None = None
+    console_session_idle_s: int = 30 * 60  # a session unused this long must log in again
+    console_session_max_s: int = 12 * 3600  # and none lives longer than this, used or not
+    # Behind a TLS-terminating proxy (the chart's ALB): take the scheme (Secure cookies, HSTS) from
+    # X-Forwarded-Proto and the client address (login rate limits) from the last X-Forwarded-For hop.
+    console_trust_forwarded: bool = False
+    console_login_window_s: int = 15 * 60
+    console_login_max_failures_per_user: int = 10  # failed logins per user name and window
+    console_login_max_attempts_per_address: int = 30  # login attempts per client address and window
+    console_password_min_length: int = 12
+    console_hash_concurrency: int = 2  # argon2 hashes at once (64 MiB of memory each)
+    console_backend_timeout_s: float = 2.0  # a page gives up on Redis / PostgreSQL after this
+    console_page_size: int = 50  # rows per page (bids, flags, reports, dead letters, actions)
+    console_flags_poll_s: float = 2.0  # how often an open Flags page asks for new flags
+    console_flags_scan: int = 5000  # newest flags searched when filtering by product
+    console_flag_lookup_scan: int = 2000  # audit:flags entries searched for one bid's flag
+    console_bids_first_span_s: int = 60  # the first time slice a bid search reads (it doubles until a page is full)
+    console_bids_max_span_s: int = 7 * 86400  # the most time one page of a bid search reads
+    console_aggregates_max_products: int = 200_000  # product counters read to rank the top products
+    console_competitors_read: int = 1000  # newest competitor_prices elements read
+    console_lag_warn: int = 10_000  # a consumer group this far behind is shown as a warning
+    console_actions_retention_days: int = 365  # operator action log rows kept
+    console_db_pool_size: int = 5
+    console_redis_max_connections: int = 20
+    # Prometheus /metrics of the roles without an HTTP port of their own (the gateway serves /metrics on
+    # GATEWAY_PORT). Each role gets its own port so `bidengine run` can start them side by side.
+    metrics_host: str = "127.0.0.1"
+    pricing_metrics_port: int = 9101
+    audit_metrics_port: int = 9102
+    monitor_metrics_port: int = 9103
+
     log_level: str = "INFO"
 
     @classmethod
@@ -137,7 +173,15 @@ def _narrow(cls: type[_NarrowT], settings: Settings) -> _NarrowT:
     return cls(**{field.name: getattr(settings, field.name) for field in fields(settings)})
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def _coerce(name: str, hint: Any, raw: str) -> Any:
+    if hint is bool:
+        if raw.lower() in _TRUE | _FALSE:
+            return raw.lower() in _TRUE
+        raise SettingsError(f"{name.upper()}={raw!r} is not a valid boolean (true/false)")
     target = int if hint is int else float if hint is float else str
     try:
         return target(raw)

@@ -22,7 +22,15 @@ VALUES = {"default": None, "staging": "values-staging.yaml", "production": "valu
 # The chart's floor (EKS' oldest standard-support line when written) and a current release.
 KUBE_VERSIONS = ("1.30.0", "1.34.0")
 RELEASE, NAMESPACE = "bidengine", "bidengine"
-AGENTS = {"gateway": "gateway", "pricing-agent": "pricing-agent", "audit-agent": "audit-agent", "monitor": "monitor"}
+# Groups of the custom resources the chart can render (Prometheus Operator, KEDA); not in Kubernetes' schemas.
+CRD_GROUPS = {"monitoring.coreos.com", "keda.sh"}
+AGENTS = {
+    "gateway": "gateway",
+    "pricing-agent": "pricing-agent",
+    "audit-agent": "audit-agent",
+    "monitor": "monitor",
+    "console": "console",
+}
 
 Manifest = dict[str, Any]
 
@@ -104,6 +112,8 @@ def test_manifests_match_kubernetes_schemas(values_name: str, kube_version: str)
     assert len(docs) >= 10
     failures = []
     for doc in docs:
+        if doc["apiVersion"].split("/")[0] in CRD_GROUPS:
+            continue  # custom resources: validated against their CRDs in test_monitoring.py
         try:
             kubernetes_validate.validate(doc, kube_version, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -141,9 +151,10 @@ def test_one_deployment_per_process(values_name: str) -> None:
 
 def test_http_probes_and_ports(values_name: str) -> None:
     deployments = of_kind(rendered(values_name), "Deployment")
-    for agent, port, ready in (("gateway", 8000, "/ready"), ("monitor", 3001, "/health")):
+    for agent, port, ready in (("gateway", 8000, "/ready"), ("monitor", 3001, "/health"), ("console", 8001, "/ready")):
         (container,) = deployments[f"{RELEASE}-{agent}"]["spec"]["template"]["spec"]["containers"]
-        assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+        assert container["ports"][0] == {"name": "http", "containerPort": port, "protocol": "TCP"}
+        assert {p["name"] for p in container["ports"][1:]} <= {"metrics"}, "http, and /metrics of its own"
         assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
         assert container["readinessProbe"]["httpGet"] == {"path": ready, "port": "http"}
         env = env_of(container)
@@ -280,14 +291,14 @@ def test_services_and_alb_ingress(values_name: str) -> None:
     docs = rendered(values_name)
     services = of_kind(docs, "Service")
     deployments = of_kind(docs, "Deployment")
-    for agent in ("gateway", "monitor"):
+    for agent in ("gateway", "monitor", "console"):
         service = services[f"{RELEASE}-{agent}"]
         pod = deployments[f"{RELEASE}-{agent}"]["spec"]["template"]
         assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
         port_names = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
 
-    (ingress,) = of_kind(docs, "Ingress").values()
+    ingress = of_kind(docs, "Ingress")[RELEASE]
     assert ingress["spec"]["ingressClassName"] == "alb"
     annotations = ingress["metadata"]["annotations"]
     assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
@@ -305,7 +316,7 @@ def test_services_and_alb_ingress(values_name: str) -> None:
 
 def test_settings_from_configmap_urls_from_secrets(values_name: str) -> None:
     docs = rendered(values_name)
-    (configmap,) = of_kind(docs, "ConfigMap").values()
+    configmap = of_kind(docs, "ConfigMap")[RELEASE]  # the settings (the dashboard has a ConfigMap of its own)
     assert configmap["data"]["LOG_LEVEL"]
     for where, spec in pod_specs(docs).items():
         if where.startswith("StatefulSet/"):
@@ -363,7 +374,7 @@ def test_managed_urls_from_values_need_both_urls() -> None:
         render_chart(managed)
     urls = {"databaseUrl": "postgresql://u:p@db.example:5432/bid", "redisUrl": "rediss://:t@cache.example:6379/0"}
     docs = render_chart({**managed, "secrets": urls})
-    (secret,) = of_kind(docs, "Secret").values()
+    secret = of_kind(docs, "Secret")[f"{RELEASE}-urls"]
     assert secret["stringData"] == {"DATABASE_URL": urls["databaseUrl"], "REDIS_URL": urls["redisUrl"]}
     assert "pre-install" in secret["metadata"]["annotations"]["helm.sh/hook"], "exists before the migration hook"
 
@@ -391,3 +402,53 @@ def test_values_files_documented() -> None:
     for file in filter(None, VALUES.values()):
         assert (CHART / file).is_file()
         assert f"k8s/bidengine/{file}" in deploy_doc, f"docs/deploy.md does not show the install with {file}"
+
+
+# --- The console ------------------------------------------------------------------------------------------------
+
+
+def console_container(docs: tuple[Manifest, ...] | list[Manifest]) -> dict[str, Any]:
+    (container,) = of_kind(docs, "Deployment")[f"{RELEASE}-console"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_console_session_key_is_a_kept_generated_fernet_key() -> None:
+    from cryptography.fernet import Fernet
+
+    docs = rendered("default")
+    secret = of_kind(docs, "Secret")[f"{RELEASE}-console"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    key = secret["stringData"]["CONSOLE_SESSION_KEY"]
+    Fernet(key)  # raises unless urlsafe base64 of 32 bytes
+    assert key != of_kind(render_chart({}), "Secret")[f"{RELEASE}-console"]["stringData"]["CONSOLE_SESSION_KEY"]
+    env = env_of(console_container(docs))
+    assert env["CONSOLE_SESSION_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": f"{RELEASE}-console",
+        "key": "CONSOLE_SESSION_KEY",
+    }
+    assert env["CONSOLE_TRUST_FORWARDED"]["value"] == "true", "behind the ALB"
+    assert "CONSOLE_SESSION_KEY" not in of_kind(docs, "ConfigMap")[RELEASE]["data"]
+
+
+def test_production_console_key_from_the_existing_secret() -> None:
+    docs = rendered("production")
+    env = env_of(console_container(docs))
+    existing = values_of("production")["secrets"]["existingSecret"]
+    assert env["CONSOLE_SESSION_KEY"]["valueFrom"]["secretKeyRef"]["name"] == existing
+    assert f"{RELEASE}-console" not in of_kind(docs, "Secret")
+
+
+@pytest.mark.parametrize("values_name", ["staging", "production"])
+def test_console_ingress_is_internal_and_https(values_name: str) -> None:
+    docs = rendered(values_name)
+    ingress = of_kind(docs, "Ingress")[f"{RELEASE}-console"]
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["alb.ingress.kubernetes.io/scheme"] == "internal", "never internet-facing"
+    assert "HTTPS" in annotations["alb.ingress.kubernetes.io/listen-ports"]
+    assert annotations["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{RELEASE}-console", "port": {"name": "http"}}
+
+
+def test_console_ingress_off_by_default() -> None:
+    assert set(of_kind(rendered("default"), "Ingress")) == {RELEASE}

@@ -1,0 +1,1 @@
+ALTER TABLE bidding_productbid DROP COLUMN request_fingerprint;

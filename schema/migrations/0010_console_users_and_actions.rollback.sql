@@ -1,0 +1,2 @@
+DROP TABLE console_actions;
+DROP TABLE console_users;
