@@ -1,15 +1,16 @@
 """Benchmark: the audit agent's own CPU per bid when draining a backlog, next to the pricing agent's, in one run.
 
-    python -m bench.audit_drain [--bids 100000] [--products 10000] [--baseline REV] [--skip-pricing]
+    python -m bench.audit_drain [--bids 100000] [--products 10000] [--baseline REV] [--rounds 2] [--skip-pricing]
 
 Starts a Redis server of its own (default settings) and, unless `--skip-pricing`, a fresh database on
 DATABASE_URL's server (embedded PostgreSQL when unset). Fills `bids:requests` with varied bids, lets a real
 pricing agent (`bidengine pricing-agent`) drain them into PostgreSQL and `bids:priced`, then lets a real audit
 agent (`bidengine audit-agent`) drain that same `bids:priced`: once with the code of git revision `REV`
 (`--baseline`, exported with `git archive`), once with this tree, each from an empty audit state and a new
-`audit` group. For each drain it prints bids/s, the agent process's CPU per bid (user + system, from its
-first read to its group having neither lag nor pending entries) and Redis's own CPU per bid (INFO cpu), and
-checks that every bid was counted exactly once.
+`audit` group, alternating the two for `--rounds` rounds. For each drain it prints bids/s, the agent process's
+CPU per bid (user + system, from its first read to its group having neither lag nor pending entries) and
+Redis's own CPU per bid (INFO cpu), and checks that every bid was counted exactly once; then the medians and
+the ratios.
 
 With `--skip-pricing`, `bids:priced` is filled directly with entries shaped as the pricing agent writes them.
 """
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -222,21 +224,24 @@ def run(args: argparse.Namespace) -> list[Drain]:
         if args.baseline:
             variants.append((f"audit agent ({args.baseline})", stack.enter_context(code_at(args.baseline))))
         variants.append(("audit agent (this tree)", ROOT))
-        for label, code in variants:
-            reset_audit(redis_url)
-            result = drain(
-                label,
-                [sys.executable, "-m", "bidengine.cli", "audit-agent"],
-                cwd=code,
-                env=agent_env(redis_url, database_url, code),
-                redis_url=redis_url,
-                stream=keys.BIDS_PRICED,
-                group=keys.AUDIT_GROUP,
-            )
-            total = counted(redis_url)
-            if total != result.bids:
-                raise RuntimeError(f"{label}: {total:,} bids counted for {result.bids:,} priced")
-            results.append(result)
+        for round_ in range(args.rounds):
+            # Alternate the order (A B, B A, ...) so a machine getting busier favours neither version.
+            for label, code in variants if round_ % 2 == 0 else variants[::-1]:
+                reset_audit(redis_url)
+                result = drain(
+                    label,
+                    [sys.executable, "-m", "bidengine.cli", "audit-agent"],
+                    cwd=code,
+                    env=agent_env(redis_url, database_url, code),
+                    redis_url=redis_url,
+                    stream=keys.BIDS_PRICED,
+                    group=keys.AUDIT_GROUP,
+                )
+                total = counted(redis_url)
+                if total != result.bids:
+                    raise RuntimeError(f"{label}: {total:,} bids counted for {result.bids:,} priced")
+                print(f"round {round_ + 1}: {result.line()}", flush=True)
+                results.append(result)
     return results
 
 
@@ -246,17 +251,33 @@ def main() -> int:
     parser.add_argument("--products", type=int, default=10_000)
     parser.add_argument("--baseline", metavar="REV", help="also drain with the audit agent of this git revision")
     parser.add_argument("--skip-pricing", action="store_true", help="fill bids:priced directly (no PostgreSQL)")
+    parser.add_argument("--rounds", type=int, default=2, help="drains of each audit version, alternating")
     args = parser.parse_args()
     results = run(args)
-    print(f"drained {args.bids:,} bids ({args.products:,} products), each agent alone on a Redis of its own:")
-    for result in results:
-        print(result.line())
-    audits = [r for r in results if r.label.startswith("audit")]
+    print(f"drained {args.bids:,} bids ({args.products:,} products), each agent alone on a Redis of its own")
+    print(f"medians over {args.rounds} round(s):")
+    medians = {}
+    for label in dict.fromkeys(r.label for r in results):
+        runs = [r for r in results if r.label == label]
+        medians[label] = Drain(
+            label,
+            runs[0].bids,
+            statistics.median(r.seconds for r in runs),
+            statistics.median(r.agent_cpu_s for r in runs),
+            statistics.median(r.redis_cpu_s for r in runs),
+        )
+        print(medians[label].line())
+    audits = [m for label, m in medians.items() if label.startswith("audit")]
     if len(audits) == 2:
         old, new = audits
         print(
-            f"audit agent CPU per bid: {new.agent_cpu_s / old.agent_cpu_s:.2f}x the baseline's; "
-            f"Redis CPU per bid: {new.redis_cpu_s / old.redis_cpu_s:.2f}x"
+            f"audit agent, this tree / {args.baseline}: CPU per bid x{new.agent_cpu_s / old.agent_cpu_s:.2f}, "
+            f"Redis CPU per bid x{new.redis_cpu_s / old.redis_cpu_s:.2f}, bids/s x{old.seconds / new.seconds:.2f}"
+        )
+    pricing = medians.get("pricing agent (this tree)")
+    if pricing is not None:
+        print(
+            f"audit agent (this tree) / pricing agent: CPU per bid x{audits[-1].agent_cpu_s / pricing.agent_cpu_s:.2f}"
         )
     return 0
 
