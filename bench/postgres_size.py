@@ -4,7 +4,8 @@
 
 Creates a fresh database (on `--database-url`'s server, else an embedded PostgreSQL: WAL is counted server-wide,
 so a shared server's other writers would be counted too), applies the migrations, and stores `--rows` bids with
-the pricing agent's own statement (`processors.pricing.STORE_BATCH_SQL`, batches of PRICING_BATCH_SIZE). Prints
+the pricing agent's own steps (`PricingHandler._price` and `._store`: its batch statement, batches of
+PRICING_BATCH_SIZE), as varied as bench.audit_drain's. Prints
 the heap, TOAST and index bytes per row, the WAL written per row, and what a day, the 7-day audit window and a
 year take at `--rate` bids/s.
 """
@@ -14,17 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import random
 import sys
-import uuid
 from collections.abc import Iterator
 
 import asyncpg
+from redis import asyncio as aioredis
 
+from bench.audit_drain import bid_requests
 from bench.support import fresh_database
 from bidengine.embedded import embedded_postgres
-from legacy import calculate_adjusted_cpc
-from processors.pricing import STORE_BATCH_SQL
+from processors.pricing import PricingHandler
+from redis_streams.groups import Batch, StreamEntry
+from schema import keys
 from schema.database import BIDS_TABLE
 from schema.settings import Settings
 
@@ -41,33 +43,28 @@ def server(url: str | None) -> Iterator[str]:
 
 
 async def store(database_url: str, rows: int, batch: int) -> dict[str, float]:
-    connection = await asyncpg.connect(database_url)
+    """Store `rows` bids through the pricing agent's own pricing and storing steps; bytes per row of each part."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    assert pool is not None
+    redis = aioredis.Redis()  # never connected: only the PostgreSQL side of the handler runs
+    handler = PricingHandler(pool, redis, reply_stream_maxlen=1)
+    requests = bid_requests(rows, 50_000)
     try:
-        rng = random.Random(5)
-        wal_start = await connection.fetchval("SELECT pg_current_wal_insert_lsn()::text")
+        wal_start = await pool.fetchval("SELECT pg_current_wal_insert_lsn()::text")
         for start in range(0, rows, batch):
-            count = min(batch, rows - start)
-            cpcs = [rng.randint(5, 2000) / 100 for _ in range(count)]
-            roas = [float(rng.randint(50, 400)) for _ in range(count)]
-            await connection.fetch(
-                STORE_BATCH_SQL,
-                [uuid.uuid4() for _ in range(count)],
-                [rng.randint(1, 50_000) for _ in range(count)],
-                cpcs,
-                roas,
-                [calculate_adjusted_cpc(c, r) for c, r in zip(cpcs, roas, strict=True)],
-            )
-        wal = await connection.fetchval(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::text::pg_lsn)", wal_start
-        )
-        await connection.execute(f"VACUUM ANALYZE {BIDS_TABLE}")
+            entries = [StreamEntry(f"{i}-0", r.to_fields()) for i, r in enumerate(requests[start : start + batch])]
+            priced, dead = handler._price(Batch(entries, keys.BID_REQUESTS, keys.PRICING_GROUP))
+            assert not dead
+            await handler._store(priced)
+        wal = await pool.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::text::pg_lsn)", wal_start)
+        await pool.execute(f"VACUUM ANALYZE {BIDS_TABLE}")
         sizes = {
-            "heap": await connection.fetchval("SELECT pg_relation_size($1::regclass)", BIDS_TABLE),
-            "toast + fsm + vm": await connection.fetchval(
+            "heap": await pool.fetchval("SELECT pg_relation_size($1::regclass)", BIDS_TABLE),
+            "toast + fsm + vm": await pool.fetchval(
                 "SELECT pg_table_size($1::regclass) - pg_relation_size($1::regclass)", BIDS_TABLE
             ),
         }
-        for name, size in await connection.fetch(
+        for name, size in await pool.fetch(
             "SELECT indexrelid::regclass::text, pg_relation_size(indexrelid)"
             " FROM pg_index WHERE indrelid = $1::regclass",
             BIDS_TABLE,
@@ -76,7 +73,8 @@ async def store(database_url: str, rows: int, batch: int) -> dict[str, float]:
         sizes["WAL written"] = float(wal)
         return {name: float(size) / rows for name, size in sizes.items()}
     finally:
-        await connection.close()
+        await pool.close()
+        await redis.aclose()
 
 
 def main() -> int:
@@ -89,7 +87,7 @@ def main() -> int:
     with server(args.database_url) as url, fresh_database(url) as database_url:
         per_row = asyncio.run(store(database_url, args.rows, batch))
     day = args.rate * 86_400
-    print(f"{args.rows:,} bids stored with the pricing agent's statement, batches of {batch:,}:")
+    print(f"{args.rows:,} bids stored by the pricing agent's steps, batches of {batch:,}:")
     print(f"{'':<44}{'B/row':>8}{'per day':>12}{'7 days':>12}{'per year':>12}")
     stored = 0.0
     for name, size in per_row.items():
