@@ -277,14 +277,16 @@ class Recording:
     def add(self, bid_id: int, day: str, product_id: int, deviation_cents: int, flag: Sequence[str] | None) -> None:
         """A bid to count once: |adjusted - current| in cents; `flag` = its flag_values() when flagged."""
         id_range, offset = divmod(bid_id, audit.SEEN_KEY_IDS)
-        slot = self.slots.get((day, id_range))
-        if slot is None:
-            slot = self.slots[day, id_range] = 2 * (len(self.slots) + 1)
+        slot = self.slots.get((day, id_range)) or self._new_slot(day, id_range)
         if flag is None:
             self.bids += (slot, offset, bid_id, product_id, deviation_cents)
         else:
             self.bids += (slot + 1, offset, bid_id, product_id, deviation_cents)
             self.flags += flag
+
+    def _new_slot(self, day: str, id_range: int) -> int:
+        slot = self.slots[day, id_range] = 2 * (len(self.slots) + 1)
+        return slot
 
     def __len__(self) -> int:
         return len(self.bids) // _VALUES_PER_BID

@@ -246,21 +246,26 @@ def audited_bid(fields: Mapping[str, str]) -> AuditedBid:
         product_id = int(fields["product_id"])
         current, current_text = parse_amount(fields["current_cpc"])
         adjusted, adjusted_text = parse_amount(fields["adjusted_cpc"])
-        calculated_at = fields["calculated_at"]
-        moment = datetime.fromisoformat(calculated_at)
+        day, calculated_at = _utc_day(fields["calculated_at"])
     except KeyError as exc:
         raise EventDecodeError(f"missing field {exc}") from None
     except ValueError as exc:  # EventDecodeError included
         raise EventDecodeError(str(exc)) from exc
     if not 0 <= bid_id <= MAX_BID_ID:
         raise EventDecodeError(f"bid_id {bid_id} is out of range")
-    if _is_canonical_utc(calculated_at):
-        day = calculated_at[:10]
-    else:
-        # A naive timestamp is taken as UTC rather than dropped (the pricing agent writes aware ones).
-        utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-        day, calculated_at = utc.date().isoformat(), moment.isoformat()
     return bid_id, request_id, product_id, current, current_text, adjusted, adjusted_text, day, calculated_at
+
+
+# The rows of one pricing batch share their calculated_at (one statement, one now()): mostly a cache hit.
+@functools.lru_cache(maxsize=1024)
+def _utc_day(calculated_at: str) -> tuple[str, str]:
+    """(the UTC day as an ISO date, the timestamp as isoformat() writes it) of an ISO 8601 timestamp."""
+    moment = datetime.fromisoformat(calculated_at)
+    if _is_canonical_utc(calculated_at):
+        return calculated_at[:10], calculated_at
+    # A naive timestamp is taken as UTC rather than dropped (the pricing agent writes aware ones).
+    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return utc.date().isoformat(), moment.isoformat()
 
 
 # The fields of an `audit:flags` entry, in the order of AuditFlag.to_fields().
