@@ -1,10 +1,10 @@
 """The audit agent's recorder: counts each bid once in the windowed aggregates, flags it once, acknowledges it.
 
 One Lua script per batch (one EVALSHA per `MAX_BIDS_PER_CALL` bids, all sent in one write: one round trip)
-does, atomically: for every bid, `SETBIT audit:seen:{R} <offset> 1`; for the bids whose bit was 0, bump the
-day's overall and per-product counters (`schema.audit`) and, when flagged, `XADD audit:flags`; then `XACK`
-the batch's entries. Redis runs a script alone and applies all of it or, on a failure before its first
-write, none of it.
+does, atomically: for every bid, set its bit in `audit:seen:{R}` (one `BITFIELD ... SET u1 <offset> 1` per id
+range, which answers each bit's old value); for the bids whose bit was 0, bump the day's overall and
+per-product counters (`schema.audit`) and, when flagged, `XADD audit:flags`; then `XACK` the batch's entries.
+Redis runs a script alone, and refuses one that would exceed `maxmemory` before its first write.
 
 Why each bid is counted and flagged exactly once
 -----------------------------------------------
@@ -13,18 +13,22 @@ The state is one bit per bid id (`audit:seen:{R}`, a bitmap per range of `SEEN_K
 turns its bit from 0 to 1, and only by it. A bit never goes back to 0 while its key exists. So:
 
 * A redelivery (the same entry read again, an entry republished for the same bid, the same bid twice in one
-  batch) finds its bit set and counts nothing; SETBIT's reply (the old bit) is the only test, there is no
-  read-then-write window.
+  batch) finds its bit set and counts nothing; the old bit, as the write of the new one answers it, is the
+  only test: there is no read-then-write window.
 * Two agents handling overlapping batches at the same time: their scripts run one after the other, never
   interleaved, so whichever runs second sees the first one's bits. Which agent counts a bid does not matter;
   that exactly one does, does.
-* A crash between the write and the acknowledgement cannot happen: the `XACK` is inside the same script. If
+* A crash between the write and the acknowledgement cannot happen: the `XACK` is inside the same script (the
+  last one, when a batch larger than MAX_BIDS_PER_CALL is split: bids of the earlier calls are then marked
+  before their entries are acknowledged, and a redelivery finds them marked, as below). If
   the reply is lost (the connection drops, the agent dies after sending), the entries are redelivered or the
   batch is retried; by then every bit of that batch is set, so the retry counts nothing and acknowledges
   again (XACK of acknowledged entries is a no-op). The same holds for an agent of the previous version, whose
   XACK came after its script: what it wrote is seen, see "upgrade" below.
 * Nothing is lost: a bid is acknowledged only by a script that either counted it or found it counted; an
-  error before the first write applies nothing and the batch is retried.
+  error before the first write applies nothing and the batch is retried. (A script error after its first
+  write could only come from an operator putting a key of another type under an audit name: the bids already
+  marked would then be counted nowhere, never twice.)
 
 What the state must outlive. A redelivered bid is counted only if its UTC day is at most MAX_EVENT_AGE_DAYS
 older than the agent's today (older events count nowhere, by design), i.e. it arrives before
