@@ -19,6 +19,8 @@ CLEAN_ENV = ("REDIS_URL", "DATABASE_URL")
         ("migrate", "DATABASE_URL is required"),
         ("audit-report", "DATABASE_URL is required"),
         ("audit-stats", "REDIS_URL is required"),
+        ("console", "REDIS_URL and DATABASE_URL are required"),
+        ("console-user list", "DATABASE_URL is required"),
     ],
 )
 def test_a_command_without_its_urls_exits_2_before_starting(
@@ -26,10 +28,9 @@ def test_a_command_without_its_urls_exits_2_before_starting(
 ) -> None:
     for name in CLEAN_ENV:
         monkeypatch.delenv(name, raising=False)
-    assert cli.main([command]) == cli.USAGE_ERROR
-    assert (
-        capsys.readouterr().err.strip() == f"bidengine {command}: {message} (`bidengine run` starts embedded servers)"
-    )
+    assert cli.main(command.split()) == cli.USAGE_ERROR
+    name = command.split()[0]
+    assert capsys.readouterr().err.strip() == f"bidengine {name}: {message} (`bidengine run` starts embedded servers)"
 
 
 def test_a_malformed_setting_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
