@@ -29,7 +29,7 @@ def test_a_command_without_its_urls_exits_2_before_starting(
     for name in CLEAN_ENV:
         monkeypatch.delenv(name, raising=False)
     assert cli.main(command.split()) == cli.USAGE_ERROR
-    name = command.split()[0]
+    name = command.split(maxsplit=1)[0]
     assert capsys.readouterr().err.strip() == f"bidengine {name}: {message} (`bidengine run` starts embedded servers)"
 
 
