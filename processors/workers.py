@@ -141,7 +141,14 @@ def build_pricing_app(settings: ServerSettings, *, consumer: str | None = None) 
 
     async def price(batch: Batch) -> None:
         if not handlers:  # the pool exists only once the worker started
-            handlers.append(PricingHandler(postgres.pool, redis, reply_stream_maxlen=settings.reply_stream_maxlen))
+            handlers.append(
+                PricingHandler(
+                    postgres.pool,
+                    redis,
+                    reply_stream_maxlen=settings.reply_stream_maxlen,
+                    reply_stream_ttl_s=settings.reply_stream_ttl_s,
+                )
+            )
         await handlers[0](batch)
 
     config = group_config(

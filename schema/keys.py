@@ -56,12 +56,17 @@ def consumers_key(group: str) -> str:
     return f"{CONSUMERS_PREFIX}{group}"
 
 
-# The audit agent's per-UTC-day keys. The braces make the day the cluster hash tag, so a day's keys share a slot.
-def audit_seen_key(day: date) -> str:
-    """Set of the bid ids already counted for `day`."""
+def audit_seen_key(id_range: int) -> str:
+    """Bitmap of the bid ids already counted, one bit per id of one range (`schema.audit.seen_position`)."""
+    return f"{AUDIT_SEEN_PREFIX}{{{id_range}}}"
+
+
+def audit_seen_set_key(day: date) -> str:
+    """Set of the bid ids counted for `day` by the audit agent before the bitmaps: only read, until they expire."""
     return f"{AUDIT_SEEN_PREFIX}{{{day.isoformat()}}}"
 
 
+# The audit agent's per-UTC-day aggregates (the braces keep the names the dashboards already read).
 def audit_day_key(day: date) -> str:
     """Hash of the day's overall counters (`schema.audit.DAY_FIELDS`)."""
     return f"{AUDIT_AGGREGATE_PREFIX}{{{day.isoformat()}}}"

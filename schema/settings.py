@@ -62,7 +62,10 @@ class Settings:
     pricing_block_ms: int = 100
     pricing_concurrency: int = 1
     reply_stream_maxlen: int = 100_000
-    priced_retention_s: int = 24 * 3600
+    # Processed `bids:priced` entries are kept this long for consumers that read without a group (PostgreSQL is the
+    # system of record: one further behind replays from it by id, docs/capacity.md); grouped consumers never lose
+    # an unprocessed entry to it.
+    priced_retention_s: int = 3600
     requests_retention_s: int = 3600
     trim_interval_s: float = 10.0
 
