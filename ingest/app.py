@@ -3,8 +3,8 @@
 The legacy contract: `POST /api/bid/` with `{"product_id", "current_cpc", "target_roas"}` answers
 `200 {"adjusted_cpc", "bid_id"}` once the bid is committed, or `400 {"errors": [...]}`. Beyond it:
 413 (body too large), 415 (not JSON), 422 (Idempotency-Key reused for another bid), 503 with Retry-After
-(a backend down or the pipeline too far behind), 504 with the request id (no reply in time; retrying with
-the same Idempotency-Key is safe).
+(a backend down, no pricing agent alive, or the pipeline too far behind), 504 with the request id (no reply
+in time; retrying with the same Idempotency-Key is safe).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ingest.metrics import GatewayMetrics
 from ingest.publisher import PublishFailed, StreamPublisher
 from ingest.replies import ReplyRouter, ReplyTimeout
 from ingest.validation import BidValidationError, parse_bid
+from redis_streams.retry import Backoff
 from schema import keys
 from schema.events import BidReply, BidRequested
 from schema.http_api import openapi_document
@@ -75,8 +76,9 @@ class Gateway:
             read_count=settings.reply_read_count,
             read_block_ms=settings.reply_read_block_ms,
             ttl_s=settings.reply_stream_ttl_s,
+            backoff=Backoff.from_settings(settings),
         )
-        self.backends = BackendMonitor(redis, database_url)
+        self.backends = BackendMonitor(redis, database_url, alive_ms=settings.consumer_alive_ms)
         self._reply_ids = itertools.count()
 
     def unavailable(self, reason: str) -> web.Response:
@@ -149,6 +151,7 @@ class Gateway:
             "redis": status.redis,
             "postgres": status.postgres,
             "pricing_lag": status.pricing_lag,
+            "pricing_consumers": status.pricing_consumers,
             "in_flight": self.replies.in_flight,
         }
         if problem is not None:

@@ -268,7 +268,7 @@ class PricingHandler:
                 commands.append(xadd(keys.BIDS_PRICED, bid.to_fields()))
         for entry, reason, event in dead:
             log.error("dead-lettering %s: %s", entry.id, reason)
-            dead_letter = DeadLetter(entry.id, keys.BID_REQUESTS, reason, entry.fields)
+            dead_letter = DeadLetter(entry.id, keys.BID_REQUESTS, reason, entry.fields, group=keys.PRICING_GROUP)
             commands.append(xadd(keys.BIDS_DEAD_LETTER, dead_letter.to_fields()))
             if event is not None:
                 replies[event.reply_to].append(BidReply(event.reply_id, error=BidReply.REJECTED))

@@ -133,7 +133,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """`GET /ready`: Redis and PostgreSQL reachable and the pricing agents keeping up."""
+    """`GET /ready`: Redis and PostgreSQL reachable, a pricing agent alive, and the pricing agents keeping up."""
 
     model_config = ConfigDict(extra="forbid", title="Readiness")
 
@@ -142,6 +142,10 @@ class Readiness(BaseModel):
     postgres: bool = Field(description="PostgreSQL answered the last check.")
     pricing_lag: Annotated[int, Field(ge=0)] | None = Field(
         description="Bids the pricing group has not finished (undelivered + pending); null before the group exists."
+    )
+    pricing_consumers: Annotated[int, Field(ge=0)] | None = Field(
+        description="Pricing agents alive (each announces itself at least every CONSUMER_ALIVE_MS; none: 503); "
+        "null while Redis is unreachable."
     )
     in_flight: Annotated[int, Field(ge=0)] = Field(description="Bids of this gateway waiting for their reply.")
     problem: str | SkipJsonSchema[None] = Field(

@@ -15,11 +15,15 @@ PRICING_GROUP: Final = "pricing"
 BIDS_PRICED: Final = "bids:priced"
 AUDIT_GROUP: Final = "audit"
 
+# Consumers of a group announce themselves here while they read (sorted set: consumer -> last read, ms).
+CONSUMERS_PREFIX: Final = "consumers:"
+
 # Pricing agent -> gateway: replies, one stream per gateway process.
 REPLY_STREAM_PREFIX: Final = "bids:replies:"
 
-# Requests the pricing agent could not store (kept for on-call, never silently dropped).
-BIDS_DEAD_LETTER: Final = "bids:dead"
+# Entries an agent gave up on, one dead-letter stream per agent (kept for on-call to replay or purge).
+BIDS_DEAD_LETTER: Final = "bids:dead"  # requests of `bids:requests` the pricing agent could not store
+AUDIT_DEAD_LETTER: Final = "audit:dead"  # entries of `bids:priced` the audit agent could not review
 
 # Audit agent outputs.
 AUDIT_FLAGS: Final = "audit:flags"
@@ -38,12 +42,18 @@ COMPETITOR_PRICES_STREAM: Final = "competitor_prices:stream"
 CONSOLE_LOGIN_USER_PREFIX: Final = "console:login:user:"
 CONSOLE_LOGIN_ADDRESS_PREFIX: Final = "console:login:addr:"
 
-# Every dead-letter stream and the stream its entries came from (the console lists, replays and purges them).
-DEAD_LETTER_STREAMS: Final = {BIDS_DEAD_LETTER: BID_REQUESTS}
+# Every dead-letter stream and the stream its entries came from (the console and `bidengine dead-letters` list,
+# replay and purge them).
+DEAD_LETTER_STREAMS: Final = {BIDS_DEAD_LETTER: BID_REQUESTS, AUDIT_DEAD_LETTER: BIDS_PRICED}
 
 
 def reply_stream(gateway_id: str) -> str:
     return f"{REPLY_STREAM_PREFIX}{gateway_id}"
+
+
+def consumers_key(group: str) -> str:
+    """The presence set of `group`'s consumers (`consumers:pricing`): who read recently, on Redis's clock."""
+    return f"{CONSUMERS_PREFIX}{group}"
 
 
 def audit_seen_key(id_range: int) -> str:

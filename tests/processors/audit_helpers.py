@@ -13,6 +13,7 @@ from processors.audit import AuditBatchResult, audit_batch
 from processors.audit_stats import audit_stats
 from processors.audit_store import AuditStore
 from redis_streams.groups import Batch, GroupConfig, StreamEntry
+from redis_streams.retry import Backoff
 from schema.events import PricedBid
 from schema.keys import AUDIT_FLAGS, AUDIT_GROUP, BIDS_PRICED
 from schema.settings import Settings
@@ -77,5 +78,5 @@ async def publish(redis: aioredis.Redis, bids: Iterable[PricedBid]) -> list[str]
 
 
 def audit_group(consumer: str, **overrides: object) -> GroupConfig:
-    options: dict[str, object] = {"batch_size": 500, "block_ms": 10, "claim_idle_ms": 0, "retry_delay_s": 0.0}
+    options: dict[str, object] = {"batch_size": 500, "block_ms": 10, "claim_idle_ms": 0, "backoff": Backoff(0.0, 0.0)}
     return group_config_for_tests(BIDS_PRICED, AUDIT_GROUP, consumer, **(options | overrides))
