@@ -144,19 +144,25 @@ def _seed_options(parser: argparse.ArgumentParser) -> None:
 
 def _probe(_settings: Settings, args: argparse.Namespace) -> int:
     # Runs every few seconds in an agent's pod: the standard library and the tiny heartbeat module only.
-    import os
-    import time
-
-    from processors.heartbeat import heartbeat_path
+    from processors.heartbeat import heartbeat_path, read_heartbeat
 
     path = heartbeat_path(args.role)
     try:
-        age_s = time.time() - os.stat(path).st_mtime
+        age_s, state = read_heartbeat(path)
     except OSError as exc:
         print(f"{args.role}: no heartbeat ({exc})", file=sys.stderr)
         return 1
     if age_s > args.max_age_s:
         print(f"{args.role}: heartbeat {path} is {age_s:.0f}s old (max {args.max_age_s:g}s)", file=sys.stderr)
+        return 1
+    if not args.ready:
+        return 0
+    if state is None:
+        print(f"{args.role}: heartbeat {path} does not say whether the agent is ready", file=sys.stderr)
+        return 1
+    if not state.get("ready"):
+        problems = "; ".join(str(problem) for problem in state.get("problems") or []) or "no reason given"
+        print(f"{args.role}: not ready: {problems}", file=sys.stderr)
         return 1
     return 0
 
@@ -166,6 +172,47 @@ def _probe_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-age-s", type=float, default=30.0, help="fail when the heartbeat file is older than this (seconds)"
     )
+    parser.add_argument(
+        "--ready",
+        action="store_true",
+        help="readiness: also fail while the agent reports a problem (Redis or PostgreSQL away, reads failing)",
+    )
+
+
+def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    from bidengine.dead_letters import main
+
+    return main(RedisSettings.from_settings(settings), args)
+
+
+def _dead_letters_options(parser: argparse.ArgumentParser) -> None:
+    # Built for every command line (the probe's too): schema.keys only, nothing heavy.
+    from schema import keys
+
+    actions = parser.add_subparsers(dest="action", required=True)
+    streams = list(keys.DEAD_LETTER_STREAMS)
+
+    listing = actions.add_parser("list", help="list dead letters, newest first")
+    listing.add_argument("--stream", choices=streams, help="one dead-letter stream (default: all)")
+    listing.add_argument("--limit", type=int, default=20, help="letters listed per stream")
+    listing.add_argument("--oldest-first", action="store_true")
+    listing.add_argument("--before", help="page on: only letters after this id in the listing order")
+    listing.add_argument("--json", action="store_true", help="print JSON, one object per line")
+
+    show = actions.add_parser("show", help="print dead letters in full, with their original entries")
+    show.add_argument("ids", nargs="+", metavar="ID")
+    show.add_argument("--stream", choices=streams, help="where to look (default: all)")
+
+    replay = actions.add_parser("replay", help="put letters' original entries back on their streams")
+    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("--stream", choices=streams, required=True)
+    replay.add_argument("--all", action="store_true", help="every letter of the stream")
+
+    purge = actions.add_parser("purge", help="delete dead letters for good")
+    purge.add_argument("ids", nargs="*", metavar="ID")
+    purge.add_argument("--stream", choices=streams, required=True)
+    purge.add_argument("--all", action="store_true", help="every letter of the stream (needs --yes)")
+    purge.add_argument("--yes", action="store_true", help="confirm --all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +234,14 @@ COMMANDS: dict[str, Command] = {
     "seed": Command(
         _seed, "append realistic bids to the database (COPY), e.g. --rows 1000000 --days 90", _seed_options
     ),
-    "probe": Command(_probe, "liveness of a running agent: exit 1 unless its heartbeat file is recent", _probe_options),
+    "probe": Command(
+        _probe, "liveness (and --ready) of a running agent: exit 1 unless its heartbeat is recent", _probe_options
+    ),
+    "dead-letters": Command(
+        _dead_letters,
+        "list, show, replay or purge the agents' dead letters (bids:dead, audit:dead)",
+        _dead_letters_options,
+    ),
     "console": Command(_console, "run the on-call web console (docs/console.md)"),
     "console-user": Command(
         _console_user,

@@ -4,9 +4,10 @@ The legacy contract: `POST /api/bid/` with `{"product_id", "current_cpc", "targe
 `200 {"adjusted_cpc", "bid_id"}` once the bid is committed, or `400 {"errors": [...]}`. Beyond it:
 408 (body not received in time), 413 (body too large, sent or decompressed), 415 (not JSON, or a
 Content-Encoding other than gzip/deflate), 422 (Idempotency-Key reused for another bid), 503 with
-Retry-After (a backend down or the pipeline too far behind), 504 with the request id (no reply in time;
-retrying with the same Idempotency-Key is safe). Every error is `{"errors": [...]}` JSON (ingest/errors.py);
-the application is served through `ingest.edge`, which adds read deadlines, half-close and JSON parser errors.
+Retry-After (a backend down, no pricing agent alive, or the pipeline too far behind), 504 with the request id
+(no reply in time; retrying with the same Idempotency-Key is safe). Every error is `{"errors": [...]}` JSON
+(ingest/errors.py); the application is served through `ingest.edge`, which adds read deadlines, half-close
+and JSON errors for what aiohttp answers itself.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ingest.metrics import GatewayMetrics
 from ingest.publisher import PublishFailed, StreamPublisher
 from ingest.replies import ReplyRouter, ReplyTimeout
 from ingest.validation import BidValidationError, parse_bid
+from redis_streams.retry import Backoff
 from schema import keys
 from schema.events import BidReply, BidRequested
 from schema.http_api import openapi_document
@@ -80,8 +82,9 @@ class Gateway:
             read_count=settings.reply_read_count,
             read_block_ms=settings.reply_read_block_ms,
             ttl_s=settings.reply_stream_ttl_s,
+            backoff=Backoff.from_settings(settings),
         )
-        self.backends = BackendMonitor(redis, database_url)
+        self.backends = BackendMonitor(redis, database_url, alive_ms=settings.consumer_alive_ms)
         self._reply_ids = itertools.count()
 
     def unavailable(self, reason: str) -> web.Response:
@@ -183,6 +186,7 @@ class Gateway:
             "redis": status.redis,
             "postgres": status.postgres,
             "pricing_lag": status.pricing_lag,
+            "pricing_consumers": status.pricing_consumers,
             "in_flight": self.replies.in_flight,
         }
         if problem is not None:

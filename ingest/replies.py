@@ -7,9 +7,9 @@ import logging
 import time
 
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
 
 from redis_streams.pipe import execute_packed, read_entries
+from redis_streams.retry import Backoff, Outage, is_redis_transient
 from schema.events import BidReply, EventDecodeError, decode_replies
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,15 @@ class ReplyRouter:
     """
 
     def __init__(
-        self, redis: aioredis.Redis, stream: str, *, timeout_s: float, read_count: int, read_block_ms: int, ttl_s: int
+        self,
+        redis: aioredis.Redis,
+        stream: str,
+        *,
+        timeout_s: float,
+        read_count: int,
+        read_block_ms: int,
+        ttl_s: int,
+        backoff: Backoff,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -35,6 +43,8 @@ class ReplyRouter:
         self.read_count = read_count
         self.read_block_ms = read_block_ms
         self.ttl_s = ttl_s
+        self.backoff = backoff
+        self._outage = Outage(f"reading replies from {stream}", logger=log)
         self._waiting: dict[str, tuple[asyncio.Future[BidReply], float]] = {}
 
     @property
@@ -50,7 +60,8 @@ class ReplyRouter:
         self._waiting.pop(reply_id, None)
 
     async def run(self) -> None:
-        """Read replies until cancelled; survive Redis outages (waiting requests then time out)."""
+        """Read replies until cancelled; survive Redis outages (waiting requests then time out), retrying with
+        back-off and logging the outage once. Never raises: a dead reply reader would turn every bid into a 504."""
         last_id = "0-0"
         last_upkeep = 0.0
         while True:
@@ -58,6 +69,7 @@ class ReplyRouter:
                 (response,) = await execute_packed(
                     self.redis,
                     [("XREAD", "COUNT", self.read_count, "BLOCK", self.read_block_ms, "STREAMS", self.stream, last_id)],
+                    idempotent=True,
                 )
                 if isinstance(response, Exception):
                     raise response
@@ -69,9 +81,13 @@ class ReplyRouter:
                 if now - last_upkeep > 1.0:
                     last_upkeep = now
                     await self._upkeep(last_id)
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("reading replies from %s failed, retrying: %s", self.stream, exc)
-                await asyncio.sleep(0.5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._outage.failed(exc, transient=is_redis_transient(exc))
+                await asyncio.sleep(self.backoff.delay(self._outage.failures))
+            else:
+                self._outage.recovered()
 
     def _deliver(self, fields: dict[str, str]) -> None:
         try:

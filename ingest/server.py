@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from redis import asyncio as aioredis
-
 from ingest.app import create_app
 from ingest.edge import serve
+from redis_streams.client import connect
 from schema.settings import ServerSettings
 
 
 def main(settings: ServerSettings) -> int:
-    redis = aioredis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        max_connections=settings.gateway_redis_connections,
-        health_check_interval=30,
+    redis = connect(
+        settings.redis_url, settings, max_connections=settings.gateway_redis_connections, client_name="gateway"
     )
     app = create_app(settings, redis, settings.database_url)
     serve(app, settings)  # read deadlines, half-close, connection cap, JSON errors: ingest/edge.py

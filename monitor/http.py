@@ -1,4 +1,10 @@
-"""The monitor's HTTP face: `GET /health` for probes and people, `GET /prices?limit=N` for the latest records."""
+"""The monitor's HTTP face: `GET /health` for readiness and people, `GET /live` for liveness, `GET /prices?limit=N`
+for the latest records.
+
+`/live` answers 200 whenever the process serves HTTP, whatever Redis or the source do: restarting the monitor
+cures neither a Redis outage nor a failing products API (it polls again by itself), so only a hung process
+should fail its liveness probe. `/health` is the truth about the data (503 while Redis is away or polls fail).
+"""
 
 from __future__ import annotations
 
@@ -41,6 +47,9 @@ def build_app(
         )
         return web.json_response(verdict.body, status=verdict.http_status)
 
+    async def live(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
     async def prices(request: web.Request) -> web.Response:
         raw = request.query.get("limit", str(DEFAULT_PRICES_LIMIT))
         try:
@@ -58,6 +67,7 @@ def build_app(
 
     app = web.Application()
     app.router.add_get("/health", health)
+    app.router.add_get("/live", live)
     app.router.add_get("/prices", prices)
     return app
 

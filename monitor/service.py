@@ -19,8 +19,6 @@ from typing import Final
 import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from monitor.client import FetchError, ProductsClient
@@ -29,6 +27,7 @@ from monitor.http import build_app
 from monitor.logs import configure_logging
 from monitor.publisher import publish
 from monitor.upstream import normalize
+from redis_streams.client import connect
 from schema.settings import RedisSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -37,23 +36,15 @@ log = logging.getLogger(__name__)
 STALE_AFTER_INTERVALS: Final = 3
 # Each rejected item is logged on its own up to this many per poll; the rest only count.
 MAX_REJECTIONS_LOGGED: Final = 20
-REDIS_CONNECT_TIMEOUT_S: Final = 2.0
-REDIS_COMMAND_TIMEOUT_S: Final = 5.0
 
 
-def connect_redis(url: str) -> aioredis.Redis:
-    """A client that fails fast and reconnects lazily.
+def connect_redis(url: str, settings: Settings | None = None) -> aioredis.Redis:
+    """A client (the shared factory's: timeouts, keepalive, dead connections replaced) that fails fast.
 
-    No automatic retries: a transaction whose connection broke during EXEC may or may not have been applied,
+    No command retries: a transaction whose connection broke during EXEC may or may not have been applied,
     and re-sending it could publish a poll twice. The next poll (or probe) simply gets a fresh connection.
     """
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-        socket_timeout=REDIS_COMMAND_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-    )
+    return connect(url, settings or Settings(), retry_commands=False, client_name="monitor")
 
 
 class Monitor:
@@ -177,7 +168,7 @@ class Monitor:
 
 async def serve(settings: RedisSettings, stop: asyncio.Event) -> None:
     """Run the poll loop and the HTTP server until `stop` is set, then release everything."""
-    redis = connect_redis(settings.redis_url)
+    redis = connect_redis(settings.redis_url, settings)
     try:
         async with aiohttp.ClientSession() as session:
             monitor = Monitor(settings, redis, session)

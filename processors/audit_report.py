@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -163,11 +164,17 @@ async def run_scheduled_report(
     now: datetime | None = None,
     out: TextIO | None = None,
     reports_maxlen: int,
+    run_id: str | None = None,
 ) -> AuditReport | None:
-    """The crontab's entry: run today's report unless another audit worker already took today's run."""
+    """The crontab's entry: run today's report unless another audit worker already took today's run.
+
+    `run_id` names this scheduled run: a retry of it (after an outage) passes the same one, and so takes over
+    the day's marker it set itself, even when the marker was set but its reply lost.
+    """
     day = (now or datetime.now(UTC)).astimezone(UTC).date()
-    taken = await redis.set(audit_report_run_key(day), "1", nx=True, ex=RUN_MARKER_TTL_S)
-    if not taken:
+    key, owner = audit_report_run_key(day), run_id or uuid.uuid4().hex
+    taken = await redis.set(key, owner, nx=True, ex=RUN_MARKER_TTL_S)
+    if not taken and (run_id is None or await redis.get(key) != owner):
         log.info("daily budget audit for %s already run by another worker", day)
         return None
     report = await run_report(database, redis, out=out, reports_maxlen=reports_maxlen)

@@ -1,8 +1,12 @@
-"""Reading the audit aggregates back: the days of a window, the rolling totals and the top products."""
+"""Reading the audit aggregates back: the days of a window, the rolling totals and the top products.
+
+One pipelined read (not a hot path: the CLI and dashboards). Every reply is looked up by the key it answers,
+never by its position, and HMGET's values are named back by the fields asked for.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,24 +43,28 @@ async def audit_stats(
     span = window_days(as_of, days)
     wanted = list(product_ids) if product_ids is not None else None
     wanted_fields = [product_field(p, kind) for p in wanted or () for kind in PRODUCT_KINDS]
-    async with redis.pipeline(transaction=False) as pipe:
-        for day in span:
-            pipe.hgetall(audit_day_key(day))
-        for day in span:
-            if wanted is None:
-                pipe.hgetall(audit_products_key(day))
-            elif wanted_fields:
-                pipe.hmget(audit_products_key(day), wanted_fields)
-        replies: list[Any] = await pipe.execute()
+    overall_keys = [audit_day_key(day) for day in span]
+    product_keys = [audit_products_key(day) for day in span] if wanted is None or wanted_fields else []
 
-    day_replies, product_replies = replies[: len(span)], replies[len(span) :]
-    day_stats = tuple(decode_day(day, reply) for day, reply in zip(span, day_replies, strict=True))
-    if wanted is None:
-        products = most_flagged(decode_products(product_replies), top)
-    else:
-        # HMGET answers values in the order asked: name them back.
-        found = decode_products(dict(zip(wanted_fields, values, strict=True)) for values in product_replies)
-        products = {p: found.get(p, Totals()) for p in wanted}
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in overall_keys:
+            pipe.hgetall(key)
+        for key in product_keys:
+            if wanted is None:
+                pipe.hgetall(key)
+            else:
+                pipe.hmget(key, wanted_fields)
+        replies: list[Any] = await pipe.execute()
+    by_key: dict[str, Any] = dict(zip([*overall_keys, *product_keys], replies, strict=True))
+
+    day_stats = tuple(decode_day(day, by_key[key]) for day, key in zip(span, overall_keys, strict=True))
+    product_hashes: list[Mapping[str, str | None]] = (
+        [by_key[key] for key in product_keys]
+        if wanted is None
+        else [dict(zip(wanted_fields, by_key[key], strict=True)) for key in product_keys]
+    )
+    found = decode_products(product_hashes)
+    products = most_flagged(found, top) if wanted is None else {p: found.get(p, Totals()) for p in wanted}
     rolling = Totals()
     for stats in day_stats:
         rolling = rolling + stats.overall

@@ -35,6 +35,7 @@ from schema import keys
 from schema.database import BIDS_TABLE
 from schema.events import BidReply, BidRequested, DeadLetter, EventDecodeError, PricedBid, encode_replies, money
 from schema.idempotency import request_fingerprint
+from schema.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,18 @@ def _by_request_id(rows: Iterable[asyncpg.Record]) -> dict[str, StoredRow]:
 class PricingHandler:
     """Prices and stores a batch of bid requests; see the module docstring for the order of effects."""
 
-    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, *, reply_stream_maxlen: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis,
+        *,
+        reply_stream_maxlen: int,
+        reply_stream_ttl_s: int = Settings.reply_stream_ttl_s,
+    ) -> None:
         self.pool = pool
         self.redis = redis
         self.reply_stream_maxlen = reply_stream_maxlen
+        self.reply_stream_ttl_s = reply_stream_ttl_s
 
     async def __call__(self, batch: Batch) -> None:
         started = time.perf_counter()
@@ -259,12 +268,14 @@ class PricingHandler:
                 commands.append(xadd(keys.BIDS_PRICED, bid.to_fields()))
         for entry, reason, event in dead:
             log.error("dead-lettering %s: %s", entry.id, reason)
-            dead_letter = DeadLetter(entry.id, keys.BID_REQUESTS, reason, entry.fields)
+            dead_letter = DeadLetter(entry.id, keys.BID_REQUESTS, reason, entry.fields, group=keys.PRICING_GROUP)
             commands.append(xadd(keys.BIDS_DEAD_LETTER, dead_letter.to_fields()))
             if event is not None:
                 replies[event.reply_to].append(BidReply(event.reply_id, error=BidReply.REJECTED))
         for reply_to, answers in replies.items():
             commands.append(xadd(reply_to, encode_replies(answers), maxlen=self.reply_stream_maxlen))
+            # A late reply to a gateway that died re-creates its expired stream: give it the gateway's expiry again.
+            commands.append(("EXPIRE", reply_to, self.reply_stream_ttl_s))
         commands.append(ack)
         # MULTI/EXEC: the replies, the priced events and the acknowledgement happen together or not at all,
         # so a crash after the commit redelivers the batch without having published any of it.

@@ -5,6 +5,9 @@ puts the original fields back on that stream as a new entry and deletes the dead
 script: a dead letter is replayed once, even by two operators at the same time, and never lost in between).
 Replaying is safe for the consumers: the pricing agent stores a request id once, the audit agent counts a bid
 once, so a replayed entry that had in fact been handled changes nothing.
+
+`replay_all` and `purge_all` act on the letters present when they start: letters written meanwhile (a
+replayed entry that fails again comes back as a new letter) are left for the next look.
 """
 
 from __future__ import annotations
@@ -117,3 +120,37 @@ async def purge(redis: aioredis.Redis, stream: str, entry_ids: Iterable[str]) ->
     """Delete dead letters for good; returns how many existed."""
     ids = list(entry_ids)
     return int(await redis.xdel(stream, *ids)) if ids else 0
+
+
+async def newest_id(redis: aioredis.Redis, stream: str) -> str | None:
+    raw: Any = await redis.xrevrange(stream, max="+", min="-", count=1)
+    return str(raw[0][0]) if raw else None
+
+
+async def replay_all(redis: aioredis.Redis, stream: str, *, page: int = 100) -> ReplayResult:
+    """Replay every letter present now, oldest first (see the module docstring)."""
+    result = ReplayResult({}, [], {})
+    last = await newest_id(redis, stream)
+    cursor: str | None = None
+    while last is not None:
+        raw: Any = await redis.xrange(stream, min=f"({cursor}" if cursor else "-", max=last, count=page)
+        if not raw:
+            break
+        ids = [str(entry_id) for entry_id, _ in raw]
+        cursor = ids[-1]
+        done = await replay(redis, stream, ids)
+        result.replayed.update(done.replayed)
+        result.missing.extend(done.missing)
+        result.failed.update(done.failed)
+        if cursor == last:
+            break
+    return result
+
+
+async def purge_all(redis: aioredis.Redis, stream: str) -> int:
+    """Delete every letter present now (one exact `XTRIM MINID`: letters written meanwhile are kept)."""
+    last = await newest_id(redis, stream)
+    if last is None:
+        return 0
+    ms, _, seq = last.partition("-")
+    return int(await redis.xtrim(stream, minid=f"{ms}-{int(seq) + 1}", approximate=False))

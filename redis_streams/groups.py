@@ -8,6 +8,16 @@ Guarantees a `GroupReader` gives its caller (the Faust bridge in `processors.bri
 * Nothing is acknowledged here unless the caller says so: entries stay pending until `ack()` (or the caller's
   own MULTI/EXEC carrying `Batch.ack_command()`).
 * `trim_processed` never removes an entry a group has not processed.
+* Delivery counts come from the group's pending list (`delivery_counts`, XPENDING's extended form): they count
+  every delivery (XREADGROUP, XAUTOCLAIM) and survive restarts of the consumers, so a retry cap built on them
+  holds across processes. `bury` dead-letters an entry and acknowledges it in one MULTI/EXEC.
+* Consumers that left (a restarted pod gets a new name) are removed once they hold nothing and have been idle
+  for `consumer_expiry_ms` (`expire_idle_consumers`), so the group's consumer list stays bounded.
+* Presence: a reader announces itself (`announce`, at most once a second) in the group's presence key, a sorted
+  set of consumer names scored by the time of their last successful read, on Redis's clock (`TIME`, so hosts'
+  clocks do not matter). `live_consumers` counts the recent ones: the gateway's "is a pricing agent alive".
+  Not XINFO CONSUMERS: before Redis 7.2 a consumer's `idle` is reset only by reads that return entries, so an
+  agent blocked on a quiet stream looks dead there (measured on 6.2 and 7.0).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +33,9 @@ from typing import Any
 from redis import asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from redis_streams.pipe import execute_packed, read_entries
+from redis_streams.pipe import execute_packed, read_entries, xadd
+from redis_streams.retry import Backoff
+from schema.events import DeadLetter
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +80,12 @@ class GroupConfig:
     claim_interval_s: float  # how often to look for such entries
     read_ahead: int  # batches read but not yet handled (the bridge's bounded channel)
     concurrency: int  # batches handled at once
-    retry_delay_s: float  # pause after a failed read or a failed handler
+    backoff: Backoff  # pauses between attempts while a backend is away (or a loop keeps failing)
+    max_deliveries: int  # an entry that fails on its own is dead-lettered at this delivery
+    dead_letter_stream: str  # where it goes
+    dead_letter_maxlen: int  # approximate cap of that stream
+    consumer_expiry_ms: int  # a consumer holding nothing, idle this long, is removed from the group
+    presence_key: str | None  # where the reader announces itself while it reads (None: it does not)
     # Touched while the bridge reads and hands batches on (see `processors.bridge`); None: no heartbeat.
     heartbeat_file: str | None
 
@@ -80,6 +98,49 @@ def default_consumer_name(prefix: str) -> str:
 def _entries(raw: Sequence[tuple[str, dict[str, str] | None]]) -> list[StreamEntry]:
     # An entry trimmed away while pending comes back with no fields; there is nothing left to process.
     return [StreamEntry(entry_id, fields) for entry_id, fields in raw if fields is not None]
+
+
+# KEYS[1] the stream; ARGV[1] the group, ARGV[2] idle threshold (ms), ARGV[3] the caller (never removed).
+# In one script, so a consumer cannot take entries between the check (nothing pending) and its removal
+# (XGROUP DELCONSUMER drops the pending entries of the consumer it removes).
+_EXPIRE_CONSUMERS = """
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then
+  return {}
+end
+local removed = {}
+for _, consumer in ipairs(consumers) do
+  local info = {}
+  for i = 1, #consumer, 2 do
+    info[consumer[i]] = consumer[i + 1]
+  end
+  if info['name'] ~= ARGV[3] and tonumber(info['pending']) == 0 and tonumber(info['idle']) > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed[#removed + 1] = info['name']
+  end
+end
+return removed
+"""
+
+
+# KEYS[1] the presence key; ARGV[1] the consumer, ARGV[2] how long a silent member is kept (ms).
+_ANNOUNCE = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], now_ms, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return now_ms
+"""
+
+# KEYS[1] the presence key; ARGV[1] how recent an announcement counts (ms).
+_LIVE_CONSUMERS = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], now_ms - tonumber(ARGV[1]), '+inf')
+"""
+
+ANNOUNCE_INTERVAL_S = 1.0
 
 
 async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
@@ -102,6 +163,9 @@ class GroupReader:
         # Entries this consumer holds until they are acked. XAUTOCLAIM does not spare the caller's own
         # entries, so a slow batch of ours would otherwise be "reclaimed" by ourselves and handled twice.
         self._in_flight: set[str] = set()
+        self._last_announce = float("-inf")
+        self._announce = redis.register_script(_ANNOUNCE)
+        self._expire_consumers = redis.register_script(_EXPIRE_CONSUMERS)
 
     async def ensure_group(self) -> None:
         await ensure_group(self.redis, self.config.stream, self.config.group)
@@ -122,8 +186,13 @@ class GroupReader:
         cfg = self.config
         block = ("BLOCK", block_ms) if block_ms is not None else ()
         command = ("XREADGROUP", "GROUP", cfg.group, cfg.consumer, "COUNT", cfg.batch_size, *block)
+        # Idempotent enough to retry once on a dead connection: entries whose reply was lost stay pending for
+        # this consumer, and `reclaim` hands them back after `claim_idle_ms`.
         (reply,) = await execute_packed(
-            self.redis, [(*command, "STREAMS", cfg.stream, start)], timeout_s=(block_ms or 0) / 1000 + 10
+            self.redis,
+            [(*command, "STREAMS", cfg.stream, start)],
+            timeout_s=(block_ms or 0) / 1000 + 10,
+            idempotent=True,
         )
         if isinstance(reply, Exception):
             raise reply
@@ -149,9 +218,61 @@ class GroupReader:
             await self.redis.xack(self.config.stream, self.config.group, *(entry.id for entry in entries))
             self._in_flight.difference_update(entry.id for entry in entries)
 
-    def forget(self, entries: Batch) -> None:
-        """The entries were acknowledged elsewhere (inside the handler's own transaction)."""
+    def forget(self, entries: Sequence[StreamEntry]) -> None:
+        """The entries were acknowledged elsewhere (inside the handler's own transaction), or are left pending
+        on purpose: `reclaim` (ours or another consumer's) delivers them again after `claim_idle_ms`."""
         self._in_flight.difference_update(entry.id for entry in entries)
+
+    async def delivery_counts(self, entries: Sequence[StreamEntry]) -> dict[str, int]:
+        """How often each entry has been delivered to the group (absent: no longer pending)."""
+        counts: dict[str, int] = {}
+        for entry in entries:
+            try:
+                pending: Any = await self.redis.xpending_range(
+                    self.config.stream, self.config.group, min=entry.id, max=entry.id, count=1
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                return {}  # the group is gone (Redis restarted empty): nothing of it is pending any more
+            if pending:
+                counts[entry.id] = int(pending[0]["times_delivered"])
+        return counts
+
+    async def bury(self, entry: StreamEntry, *, reason: str, deliveries: int) -> None:
+        """Dead-letter `entry` and acknowledge it, atomically: it is either still pending or in the dead letters.
+
+        Not retried on a connection error: if the transaction did not run, the entry is still pending and is
+        delivered (and buried) again; if it did, it is acknowledged and never comes back. Once either way.
+        """
+        cfg = self.config
+        letter = DeadLetter(entry.id, cfg.stream, reason, entry.fields, group=cfg.group, deliveries=deliveries)
+        await execute_packed(
+            self.redis,
+            [
+                xadd(cfg.dead_letter_stream, letter.to_fields(), maxlen=cfg.dead_letter_maxlen),
+                ("XACK", cfg.stream, cfg.group, entry.id),
+            ],
+            transaction=True,
+        )
+        self._in_flight.discard(entry.id)
+
+    async def announce(self) -> None:
+        """Say "this consumer reads" in the presence key, at most once per `ANNOUNCE_INTERVAL_S`."""
+        cfg = self.config
+        now = time.monotonic()
+        if cfg.presence_key is None or now - self._last_announce < ANNOUNCE_INTERVAL_S:
+            return
+        await self._announce(keys=[cfg.presence_key], args=[cfg.consumer, cfg.consumer_expiry_ms])
+        self._last_announce = now
+
+    async def expire_idle_consumers(self) -> list[str]:
+        """Remove the group's members that hold nothing and have been idle for `consumer_expiry_ms`."""
+        cfg = self.config
+        removed: Any = await self._expire_consumers(
+            keys=[cfg.stream], args=[cfg.group, cfg.consumer_expiry_ms, cfg.consumer]
+        )
+        return [str(name) for name in removed]
 
     def _track(self, entries: list[StreamEntry]) -> Batch:
         self._in_flight.update(entry.id for entry in entries)
@@ -184,6 +305,12 @@ async def trim_processed(redis: aioredis.Redis, stream: str, *, keep_ms: int, no
     min_id = f"{floor[0]}-{floor[1]}"
     await redis.xtrim(stream, minid=min_id, approximate=True)
     return min_id
+
+
+async def live_consumers(redis: aioredis.Redis, presence_key: str, *, alive_ms: int) -> int:
+    """Consumers that announced themselves in `presence_key` within the last `alive_ms` (Redis's clock)."""
+    script = redis.register_script(_LIVE_CONSUMERS)
+    return int(await script(keys=[presence_key], args=[alive_ms]))
 
 
 async def group_lag(redis: aioredis.Redis, stream: str, group: str) -> int | None:

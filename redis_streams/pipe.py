@@ -3,7 +3,20 @@
 redis-py's pipeline packs every command in Python and tracks each one; on the bid path that cost more CPU
 than Redis itself (measured: ~37 us per XADD through `Pipeline.execute`, ~14 us packed with hiredis and
 sent in one write). This helper borrows a connection from the client's pool, writes all commands at once,
-and reads one reply per command. It is deliberately small: no retries, no command-specific parsing.
+and reads one reply per command. It is deliberately small: no command-specific parsing.
+
+Dead connections. A connection is checked before the commands are written, as redis-py does for its own
+commands: the pool's check-out probe replaces a connection the server closed, and one idle for longer than the
+client's health-check interval is PINGed first (`redis_streams.client`). Neither ever sends the commands twice.
+What no check can see is a connection that dies while the commands are in flight: Redis may or may not have
+applied them. So:
+
+* `idempotent=True` (reads: XREADGROUP, XREAD): a connection error is retried once, on a fresh connection.
+  A lost XREADGROUP reply leaves its entries pending for this consumer, and `XAUTOCLAIM` hands them back.
+* otherwise (XADD, MULTI/EXEC), the error is raised and nothing is retried here: an XADD sent twice would put a
+  bid on the stream twice. The caller decides: the gateway answers 503 and the bidder retries with the same
+  `Idempotency-Key` (the request id is unique in the table, so at most one row); the pricing agent handles the
+  batch again (its effect is idempotent).
 """
 
 from __future__ import annotations
@@ -15,7 +28,7 @@ from typing import Any
 
 import hiredis
 from redis import asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError, ResponseError
 
 Command = Sequence[str | bytes | int | float]
 
@@ -30,37 +43,52 @@ def xadd(stream: str, fields: Mapping[str, str], *, maxlen: int | None = None) -
 
 
 async def execute_packed(
-    redis: aioredis.Redis, commands: Sequence[Command], *, transaction: bool = False, timeout_s: float = 10.0
+    redis: aioredis.Redis,
+    commands: Sequence[Command],
+    *,
+    transaction: bool = False,
+    timeout_s: float = 10.0,
+    idempotent: bool = False,
 ) -> list[Any]:
     """Send `commands` in one write and return their replies (error replies come back as exceptions).
 
     With `transaction`, they run inside MULTI/EXEC and the list holds EXEC's replies. If the connection
-    fails part-way, it is closed and the error raised: the caller must treat every command as not applied
-    (with `transaction`, Redis guarantees exactly that).
+    fails part-way, it is closed and the error raised: the caller must treat every command as possibly
+    applied or not (with `transaction`, all or none). `idempotent` commands are retried once first.
     """
     if not commands:
         return []
     to_send: list[Command] = [("MULTI",), *commands, ("EXEC",)] if transaction else list(commands)
     packed = b"".join(hiredis.pack_command(tuple(command)) for command in to_send)  # type: ignore[arg-type]
-    pool: Any = redis.connection_pool
-    connection: Any = await pool.get_connection()
     try:
-        # One deadline for the whole exchange: redis-py would otherwise arm a timer for every reply.
-        async with asyncio.timeout(timeout_s):
-            await connection.send_packed_command(packed, check_health=False)
-            replies = [await _reply(connection) for _ in to_send]
-    except BaseException:
-        # Unread replies would be returned to the next user of this connection: drop it instead.
-        await connection.disconnect()
-        raise
-    finally:
-        await pool.release(connection)
+        replies = await _exchange(redis, packed, len(to_send), timeout_s)
+    except (ConnectionError, OSError):
+        if not idempotent:
+            raise
+        replies = await _exchange(redis, packed, len(to_send), timeout_s)
     if transaction:
         result = replies[-1]
         if isinstance(result, Exception):
             raise result
         return list(result) if result is not None else []
     return replies
+
+
+async def _exchange(redis: aioredis.Redis, packed: bytes, count: int, timeout_s: float) -> list[Any]:
+    pool: Any = redis.connection_pool
+    connection: Any = await pool.get_connection()
+    try:
+        # One deadline for the whole exchange: redis-py would otherwise arm a timer for every reply.
+        async with asyncio.timeout(timeout_s):
+            # check_health: PING first if the connection sat idle (redis_streams.client); never sends twice.
+            await connection.send_packed_command(packed, check_health=True)
+            return [await _reply(connection) for _ in range(count)]
+    except BaseException:
+        # Unread replies would be returned to the next user of this connection: drop it instead.
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
 
 
 async def _reply(connection: Any) -> Any:

@@ -176,17 +176,23 @@ def decode_replies(fields: Fields) -> list[BidReply]:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """`bids:dead`: an entry an agent gave up on, kept with its reason until on-call replays or purges it."""
+    """`bids:dead`, `audit:dead`: an entry an agent gave up on, kept with its reason until on-call replays or
+    purges it."""
 
     entry_id: str  # the entry's id in `stream`
     stream: str  # the stream it was read from (where a replay puts it back)
     reason: str
     fields: Mapping[str, str]  # the original entry, unchanged
+    group: str = ""  # the consumer group that gave up on it
+    # Deliveries of the entry to `group` when it was given up on; 0: at once, the agent knew it could never succeed.
+    deliveries: int = 0
 
     def to_fields(self) -> dict[str, str]:
         return {
             "entry_id": self.entry_id,
             "stream": self.stream,
+            "group": self.group,
+            "deliveries": str(self.deliveries),
             "reason": self.reason,
             "fields": json.dumps(dict(self.fields), separators=(",", ":")),
         }
@@ -201,7 +207,19 @@ class DeadLetter:
             isinstance(k, str) and isinstance(v, str) for k, v in original.items()
         ):
             raise EventDecodeError("fields is not a JSON object of strings")
-        return cls(_get(fields, "entry_id"), _get(fields, "stream"), _get(fields, "reason"), original)
+        try:
+            # Letters written before `group` and `deliveries` existed have neither.
+            deliveries = int(fields.get("deliveries", "0"))
+        except ValueError as exc:
+            raise EventDecodeError(f"deliveries is not a whole number: {exc}") from exc
+        return cls(
+            _get(fields, "entry_id"),
+            _get(fields, "stream"),
+            _get(fields, "reason"),
+            original,
+            group=fields.get("group", ""),
+            deliveries=deliveries,
+        )
 
 
 def signed_decimal(value: Decimal) -> str:

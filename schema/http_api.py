@@ -133,7 +133,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """`GET /ready`: Redis and PostgreSQL reachable and the pricing agents keeping up."""
+    """`GET /ready`: Redis and PostgreSQL reachable, a pricing agent alive, and the pricing agents keeping up."""
 
     model_config = ConfigDict(extra="forbid", title="Readiness")
 
@@ -142,6 +142,10 @@ class Readiness(BaseModel):
     postgres: bool = Field(description="PostgreSQL answered the last check.")
     pricing_lag: Annotated[int, Field(ge=0)] | None = Field(
         description="Bids the pricing group has not finished (undelivered + pending); null before the group exists."
+    )
+    pricing_consumers: Annotated[int, Field(ge=0)] | None = Field(
+        description="Pricing agents alive (each announces itself at least every CONSUMER_ALIVE_MS; none: 503); "
+        "null while Redis is unreachable."
     )
     in_flight: Annotated[int, Field(ge=0)] = Field(description="Bids of this gateway waiting for their reply.")
     problem: str | SkipJsonSchema[None] = Field(
@@ -244,9 +248,9 @@ def _post_bid() -> dict[str, Any]:
             ),
             "503": _json(
                 ErrorBody,
-                "Redis or PostgreSQL unreachable, the pricing agents too far behind (MAX_PRICING_LAG), too many "
-                "bids in flight in this gateway (MAX_IN_FLIGHT), or MAX_CONNECTIONS connections open to it (then "
-                "the connection is closed). Nothing is stored; retry after Retry-After.",
+                "Redis or PostgreSQL unreachable, no pricing agent alive, the pricing agents too far behind "
+                "(MAX_PRICING_LAG), too many bids in flight in this gateway (MAX_IN_FLIGHT), or MAX_CONNECTIONS "
+                "connections open to it (then the connection is closed). Nothing is stored; retry after Retry-After.",
                 _RETRY_AFTER_HEADER,
             ),
             "504": _json(

@@ -15,11 +15,15 @@ PRICING_GROUP: Final = "pricing"
 BIDS_PRICED: Final = "bids:priced"
 AUDIT_GROUP: Final = "audit"
 
+# Consumers of a group announce themselves here while they read (sorted set: consumer -> last read, ms).
+CONSUMERS_PREFIX: Final = "consumers:"
+
 # Pricing agent -> gateway: replies, one stream per gateway process.
 REPLY_STREAM_PREFIX: Final = "bids:replies:"
 
-# Requests the pricing agent could not store (kept for on-call, never silently dropped).
-BIDS_DEAD_LETTER: Final = "bids:dead"
+# Entries an agent gave up on, one dead-letter stream per agent (kept for on-call to replay or purge).
+BIDS_DEAD_LETTER: Final = "bids:dead"  # requests of `bids:requests` the pricing agent could not store
+AUDIT_DEAD_LETTER: Final = "audit:dead"  # entries of `bids:priced` the audit agent could not review
 
 # Audit agent outputs.
 AUDIT_FLAGS: Final = "audit:flags"
@@ -38,20 +42,31 @@ COMPETITOR_PRICES_STREAM: Final = "competitor_prices:stream"
 CONSOLE_LOGIN_USER_PREFIX: Final = "console:login:user:"
 CONSOLE_LOGIN_ADDRESS_PREFIX: Final = "console:login:addr:"
 
-# Every dead-letter stream and the stream its entries came from (the console lists, replays and purges them).
-DEAD_LETTER_STREAMS: Final = {BIDS_DEAD_LETTER: BID_REQUESTS}
+# Every dead-letter stream and the stream its entries came from (the console and `bidengine dead-letters` list,
+# replay and purge them).
+DEAD_LETTER_STREAMS: Final = {BIDS_DEAD_LETTER: BID_REQUESTS, AUDIT_DEAD_LETTER: BIDS_PRICED}
 
 
 def reply_stream(gateway_id: str) -> str:
     return f"{REPLY_STREAM_PREFIX}{gateway_id}"
 
 
-# The audit agent's per-UTC-day keys. The braces make the day the cluster hash tag, so a day's keys share a slot.
-def audit_seen_key(day: date) -> str:
-    """Set of the bid ids already counted for `day`."""
+def consumers_key(group: str) -> str:
+    """The presence set of `group`'s consumers (`consumers:pricing`): who read recently, on Redis's clock."""
+    return f"{CONSUMERS_PREFIX}{group}"
+
+
+def audit_seen_key(id_range: int) -> str:
+    """Bitmap of the bid ids already counted, one bit per id of one range (`schema.audit.seen_position`)."""
+    return f"{AUDIT_SEEN_PREFIX}{{{id_range}}}"
+
+
+def audit_seen_set_key(day: date) -> str:
+    """Set of the bid ids counted for `day` by the audit agent before the bitmaps: only read, until they expire."""
     return f"{AUDIT_SEEN_PREFIX}{{{day.isoformat()}}}"
 
 
+# The audit agent's per-UTC-day aggregates (the braces keep the names the dashboards already read).
 def audit_day_key(day: date) -> str:
     """Hash of the day's overall counters (`schema.audit.DAY_FIELDS`)."""
     return f"{AUDIT_AGGREGATE_PREFIX}{{{day.isoformat()}}}"

@@ -39,6 +39,14 @@ class Settings:
     reply_read_block_ms: int = 1000
     # An abandoned reply stream (its gateway died) expires this long after the gateway last refreshed it.
     reply_stream_ttl_s: int = 300
+    # A pricing consumer that has not read its group for this long counts as dead: with none alive, 503.
+    consumer_alive_ms: int = 5_000
+
+    # Every role: how it talks to Redis, and how every loop backs off while a backend is away.
+    redis_connect_timeout_s: float = 2.0
+    redis_socket_timeout_s: float = 5.0  # a command (other than a blocking read) that takes longer has failed
+    retry_delay_s: float = 0.2  # first pause after a failure; doubles (with jitter) on each failure in a row
+    retry_max_delay_s: float = 2.0  # ... up to this
 
     # The HTTP edge (ingest/edge.py): read deadlines and connection bounds, so that no client can hold the
     # gateway's memory or a connection for long. A request's headers must arrive within HEADER_TIMEOUT_S
@@ -53,14 +61,21 @@ class Settings:
     # Both agents (processors/): how they read their consumer groups.
     claim_idle_ms: int = 15_000  # another consumer's entry is taken over after this long unacknowledged
     agent_read_ahead: int = 1  # batches read but not yet handled, per agent process
-    handler_retry_delay_s: float = 1.0  # pause before a failed batch (or read) is tried again
+    max_deliveries: int = 5  # an entry failing on its own is dead-lettered at its Nth delivery
+    dead_letter_maxlen: int = 100_000  # bids:dead and audit:dead keep about this many letters
+    consumer_expiry_s: int = 3600  # a consumer with nothing pending, idle this long, is removed from its group
+    database_connect_timeout_s: float = 5.0  # an agent's connection attempt to PostgreSQL
+    database_command_timeout_s: float = 30.0  # an agent's statement that takes longer has failed
 
     # Pricing agent (processors/).
     pricing_batch_size: int = 1000
     pricing_block_ms: int = 100
     pricing_concurrency: int = 1
     reply_stream_maxlen: int = 100_000
-    priced_retention_s: int = 24 * 3600
+    # Processed `bids:priced` entries are kept this long for consumers that read without a group (PostgreSQL is the
+    # system of record: one further behind replays from it by id, docs/capacity.md); grouped consumers never lose
+    # an unprocessed entry to it.
+    priced_retention_s: int = 3600
     requests_retention_s: int = 3600
     trim_interval_s: float = 10.0
 

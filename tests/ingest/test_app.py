@@ -79,6 +79,10 @@ async def in_process(redis: aioredis.Redis, redis_url: str, database_url: str) -
     started: list[tuple[TestClient[web.Request, web.Application], aioredis.Redis]] = []
 
     async def start(*, redis_at: str = redis_url, database_at: str = database_url, **overrides: Any) -> InProcess:
+        # A pricing agent "alive" as the agents announce themselves (scored by Redis's clock): the gateway
+        # refuses bids while none is. The tests answer in its place.
+        seconds, micros = await redis.time()
+        await redis.zadd(keys.consumers_key(keys.PRICING_GROUP), {"in-process-test": seconds * 1000 + micros // 1000})
         settings = Settings(redis_url=redis_at, database_url=database_at, **overrides)
         client_redis = aioredis.Redis.from_url(redis_at, decode_responses=True)
         app = create_app(settings, client_redis, database_at)

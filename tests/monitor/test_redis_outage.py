@@ -22,6 +22,7 @@ async def test_polls_survive_a_redis_restart_and_publish_again(
     own_redis.stop()
     during = await monitor.poll_once()
     health_during = await client.get("/health")
+    live_during = await client.get("/live")  # liveness: no restart for an outage a restart cannot cure
 
     own_redis.start()  # same port, empty (no persistence)
     after = await monitor.poll_once()
@@ -31,6 +32,7 @@ async def test_polls_survive_a_redis_restart_and_publish_again(
     assert during.items_fetched == 200  # the source was still read; only the publish failed
     assert "redis" in (during.error or "")
     assert health_during.status == 503
+    assert live_during.status == 200
     assert (await health_during.json())["redis"]["reachable"] is False
     assert after.outcome is PollOutcome.OK
     assert health_after.status == 200

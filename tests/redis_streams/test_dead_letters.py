@@ -80,3 +80,30 @@ async def test_show_and_purge(redis: aioredis.Redis) -> None:
     assert await dead_letters.purge(redis, DEAD, [ids[0], ids[1], "0-1"]) == 2
     assert await dead_letters.purge(redis, DEAD, []) == 0
     assert await redis.xlen(DEAD) == 1
+
+
+async def test_replay_all_replays_the_letters_present_when_it_starts(redis: aioredis.Redis) -> None:
+    ids = await add_letters(redis, 250)  # more than one page
+    result = await dead_letters.replay_all(redis, DEAD, page=100)
+    assert list(result.replayed) == ids
+    assert result.missing == []
+    assert result.failed == {}
+    assert await redis.xlen(DEAD) == 0
+    assert [f["n"] for _, f in await redis.xrange(SOURCE)] == [str(i) for i in range(250)]
+    assert (await dead_letters.replay_all(redis, DEAD)).replayed == {}
+
+
+async def test_replay_all_leaves_undecodable_letters_and_stops_at_its_snapshot(redis: aioredis.Redis) -> None:
+    good = await add_letters(redis, 2)
+    bad = await redis.xadd(DEAD, {"entry_id": "1-0", "stream": SOURCE, "reason": "x", "fields": "not json"})
+    result = await dead_letters.replay_all(redis, DEAD)
+    assert set(result.replayed) == set(good)
+    assert set(result.failed) == {bad}
+    assert [s.id for s in await dead_letters.list_letters(redis, DEAD, limit=10)] == [bad]
+
+
+async def test_purge_all_deletes_the_letters_present_when_it_starts(redis: aioredis.Redis) -> None:
+    assert await dead_letters.purge_all(redis, DEAD) == 0
+    await add_letters(redis, 5)
+    assert await dead_letters.purge_all(redis, DEAD) == 5
+    assert await redis.xlen(DEAD) == 0

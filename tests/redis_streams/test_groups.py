@@ -11,13 +11,19 @@ import redis.asyncio as aioredis
 from processors.app import create_app
 from processors.bridge import group_agent, handle_until_done
 from redis_streams.groups import Batch, GroupConfig, GroupReader, StreamEntry, group_lag, trim_processed
+from redis_streams.retry import Backoff
 from tests.support import group_config_for_tests
 
 STREAM = "test:stream"
 
 
 def config(consumer: str, **overrides: object) -> GroupConfig:
-    options: dict[str, object] = {"batch_size": 10, "block_ms": 10, "claim_idle_ms": 50, "retry_delay_s": 0.01}
+    options: dict[str, object] = {
+        "batch_size": 10,
+        "block_ms": 10,
+        "claim_idle_ms": 50,
+        "backoff": Backoff(0.01, 0.05),
+    }
     options.update(overrides)
     return group_config_for_tests(STREAM, "g", consumer, **options)
 

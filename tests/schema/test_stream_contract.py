@@ -97,10 +97,30 @@ CASES = [
     ),
     StreamCase(
         keys.BIDS_DEAD_LETTER,
-        DeadLetter("1764572000000-0", keys.BID_REQUESTS, "undecodable event", {"request_id": "x", "product_id": "7"}),
+        DeadLetter(
+            "1764572000000-0",
+            keys.BID_REQUESTS,
+            "undecodable event",
+            {"request_id": "x", "product_id": "7"},
+            group=keys.PRICING_GROUP,
+        ),
         DeadLetter.to_fields,
         DeadLetter.from_fields,
-        {"entry_id": ENTRY_ID, "stream": ANY, "reason": ANY, "fields": JSON_OBJECT},
+        {"entry_id": ENTRY_ID, "stream": ANY, "group": ANY, "deliveries": INT, "reason": ANY, "fields": JSON_OBJECT},
+    ),
+    StreamCase(
+        keys.AUDIT_DEAD_LETTER,
+        DeadLetter(
+            "1764572000000-0",
+            keys.BIDS_PRICED,
+            "InvalidOperation: [<class 'decimal.InvalidOperation'>]",
+            {"bid_id": "27718", "product_id": "7"},
+            group=keys.AUDIT_GROUP,
+            deliveries=5,
+        ),
+        DeadLetter.to_fields,
+        DeadLetter.from_fields,
+        {"entry_id": ENTRY_ID, "stream": ANY, "group": ANY, "deliveries": INT, "reason": ANY, "fields": JSON_OBJECT},
     ),
     StreamCase(
         keys.AUDIT_FLAGS,
@@ -202,6 +222,11 @@ async def test_entry_round_trips_through_redis_with_the_documented_fields(
     assert read_id == entry_id
     assert read_fields == fields
     assert case.decode(read_fields) == case.event
+
+
+def test_dead_letters_written_before_group_and_deliveries_still_decode() -> None:
+    old = {"entry_id": "1-0", "stream": keys.BID_REQUESTS, "reason": "x", "fields": '{"a":"b"}'}
+    assert DeadLetter.from_fields(old) == DeadLetter("1-0", keys.BID_REQUESTS, "x", {"a": "b"})
 
 
 def test_target_roas_is_written_in_positional_notation() -> None:

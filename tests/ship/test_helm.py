@@ -151,11 +151,16 @@ def test_one_deployment_per_process(values_name: str) -> None:
 
 def test_http_probes_and_ports(values_name: str) -> None:
     deployments = of_kind(rendered(values_name), "Deployment")
-    for agent, port, ready in (("gateway", 8000, "/ready"), ("monitor", 3001, "/health"), ("console", 8001, "/ready")):
+    components = (
+        ("gateway", 8000, "/health", "/ready"),
+        ("monitor", 3001, "/live", "/health"),
+        ("console", 8001, "/health", "/ready"),
+    )
+    for agent, port, live, ready in components:
         (container,) = deployments[f"{RELEASE}-{agent}"]["spec"]["template"]["spec"]["containers"]
         assert container["ports"][0] == {"name": "http", "containerPort": port, "protocol": "TCP"}
         assert {p["name"] for p in container["ports"][1:]} <= {"metrics"}, "http, and /metrics of its own"
-        assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+        assert container["livenessProbe"]["httpGet"] == {"path": live, "port": "http"}
         assert container["readinessProbe"]["httpGet"] == {"path": ready, "port": "http"}
         env = env_of(container)
         prefix = agent.upper()
@@ -183,12 +188,50 @@ def test_agent_probe_command_is_a_value() -> None:
 
 @pytest.mark.parametrize("agent", ["pricing-agent", "audit-agent"])
 def test_agent_probes_check_the_heartbeat(values_name: str, agent: str) -> None:
-    """Liveness and readiness of an agent are `bidengine probe <agent>`, its heartbeat file in the emptyDir /tmp."""
+    """Liveness is `bidengine probe <agent>` (the heartbeat's age), readiness the same with `--ready`."""
     docs = rendered(values_name)
-    for probe in ("livenessProbe", "readinessProbe"):
-        command = agent_probe(docs, agent, probe)
-        assert command == ["bidengine", "probe", agent], probe
+    liveness = agent_probe(docs, agent, "livenessProbe")
+    readiness = agent_probe(docs, agent, "readinessProbe")
+    assert liveness == ["bidengine", "probe", agent]
+    assert readiness == ["bidengine", "probe", agent, "--ready"]
+    for command, probe in ((liveness, "livenessProbe"), (readiness, "readinessProbe")):
         assert_bidengine_command(command, f"{agent} {probe}")
+
+
+def probe_of(docs: tuple[Manifest, ...], component: str, probe: str) -> dict[str, Any]:
+    (container,) = of_kind(docs, "Deployment")[f"{RELEASE}-{component}"]["spec"]["template"]["spec"]["containers"]
+    found: dict[str, Any] = container[probe]
+    return found
+
+
+# docs/deploy.md, "Probes and outages": the worst pause between two heartbeats of an agent riding out an outage
+# is its longest bounded attempt (a PostgreSQL statement: DATABASE_COMMAND_TIMEOUT_S) plus the back-off cap.
+LONGEST_ATTEMPT_S = 30.0 + 2.0
+HEARTBEAT_MAX_AGE_S = 30.0  # `bidengine probe`'s default --max-age-s
+FAILOVER_S = 60.0
+
+
+def seconds_to_fail(probe: dict[str, Any]) -> float:
+    """How long a probe must keep failing before the kubelet acts: failureThreshold checks, periodSeconds apart."""
+    return float((probe["failureThreshold"] - 1) * probe["periodSeconds"])
+
+
+@pytest.mark.parametrize("agent", ["pricing-agent", "audit-agent"])
+def test_agent_liveness_outlives_any_outage_and_catches_a_hung_agent(values_name: str, agent: str) -> None:
+    liveness = probe_of(rendered(values_name), agent, "livenessProbe")
+    # An agent in an outage beats at least every LONGEST_ATTEMPT_S: that must never add up to a restart.
+    assert HEARTBEAT_MAX_AGE_S + seconds_to_fail(liveness) > LONGEST_ATTEMPT_S
+    # A hung agent (no beat at all) is restarted within about a minute and a half.
+    assert HEARTBEAT_MAX_AGE_S + seconds_to_fail(liveness) + liveness["periodSeconds"] <= 90
+
+
+def test_a_redis_failover_restarts_no_gateway_and_pulls_none_from_the_service(values_name: str) -> None:
+    docs = rendered(values_name)
+    # Liveness is /health, which no backend affects; readiness (/ready is 503 during the failover) must
+    # keep failing longer than the failover before the pod leaves the Service.
+    assert probe_of(docs, "gateway", "livenessProbe")["httpGet"]["path"] == "/health"
+    assert seconds_to_fail(probe_of(docs, "gateway", "readinessProbe")) > FAILOVER_S
+    assert probe_of(docs, "monitor", "livenessProbe")["httpGet"]["path"] == "/live"
 
 
 @pytest.mark.parametrize("agent", ["pricing-agent", "audit-agent"])
