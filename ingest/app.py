@@ -2,9 +2,12 @@
 
 The legacy contract: `POST /api/bid/` with `{"product_id", "current_cpc", "target_roas"}` answers
 `200 {"adjusted_cpc", "bid_id"}` once the bid is committed, or `400 {"errors": [...]}`. Beyond it:
-413 (body too large), 415 (not JSON), 422 (Idempotency-Key reused for another bid), 503 with Retry-After
-(a backend down, no pricing agent alive, or the pipeline too far behind), 504 with the request id (no reply
-in time; retrying with the same Idempotency-Key is safe).
+408 (body not received in time), 413 (body too large, sent or decompressed), 415 (not JSON, or a
+Content-Encoding other than gzip/deflate), 422 (Idempotency-Key reused for another bid), 503 with
+Retry-After (a backend down, no pricing agent alive, or the pipeline too far behind), 504 with the request id
+(no reply in time; retrying with the same Idempotency-Key is safe). Every error is `{"errors": [...]}` JSON
+(ingest/errors.py); the application is served through `ingest.edge`, which adds read deadlines, half-close
+and JSON errors for what aiohttp answers itself.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ingest.backends import BackendMonitor
+from ingest.body import BodyError, content_coding, read_body
+from ingest.errors import error_response
 from ingest.metrics import GatewayMetrics
 from ingest.publisher import PublishFailed, StreamPublisher
 from ingest.replies import ReplyRouter, ReplyTimeout
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c2a52-3f5e-4d0b-9a51-1c7e0a3b8d21")
 MAX_IDEMPOTENCY_KEY = 255
 
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 GATEWAY_METRICS: web.AppKey[GatewayMetrics] = web.AppKey("gateway_metrics")
 
 
@@ -82,26 +88,57 @@ class Gateway:
         self._reply_ids = itertools.count()
 
     def unavailable(self, reason: str) -> web.Response:
-        return _json(
-            503, {"errors": [f"Service unavailable: {reason}"]}, {"Retry-After": str(self.settings.retry_after_s)}
+        return error_response(
+            503, [f"Service unavailable: {reason}"], {"Retry-After": str(self.settings.retry_after_s)}
         )
 
-    async def post_bid(self, request: web.Request) -> web.Response:
+    def refused_from_headers(self, request: web.Request) -> web.Response | None:
+        """415 (Content-Type) or 413 (a declared length over the limit), from the headers alone, before any of
+        the body is read. An unsupported Content-Encoding (415) is refused by `read_body`, also before reading."""
         if request.content_type != "application/json":
-            return _json(415, {"errors": ["Content-Type must be application/json"]})
+            return error_response(415, ["Content-Type must be application/json"])
+        declared = request.content_length
+        if declared is not None and declared > self.settings.max_body_bytes:
+            return error_response(413, [f"Request body is larger than {self.settings.max_body_bytes} bytes"])
+        return None
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue`: refuse from the headers when we can, so the client need not send its body."""
+        if request.version != HttpVersion11:
+            return None
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed()  # answered as JSON by the edge (ingest/errors.py)
+        refused = self.refused_from_headers(request)
+        if refused is not None:
+            return refused
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _json(413, {"errors": [f"Request body is larger than {self.settings.max_body_bytes} bytes"]})
+            content_coding(request.headers.get("Content-Encoding"))
+        except BodyError as exc:
+            return error_response(exc.status, [exc.message], exc.headers)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # what follows is the response proper (as aiohttp's own handler does)
+        return None
+
+    async def post_bid(self, request: web.Request) -> web.Response:
+        refused = self.refused_from_headers(request)
+        if refused is not None:
+            return refused
+        try:
+            body = await read_body(request, self.settings.max_body_bytes)
+        except BodyError as exc:
+            return error_response(exc.status, [exc.message], exc.headers)
         idempotency_key = request.headers.get("Idempotency-Key")
         if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
-            return _json(
-                400, {"errors": [f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"]}
+            return error_response(
+                400, [f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"]
             )
         try:
             bid = parse_bid(body)
         except BidValidationError as exc:
-            return _json(400, {"errors": exc.errors})
+            return error_response(400, exc.errors)
+        if request.transport is None:
+            # The client is gone (reset) before its bid entered the pipeline: store nothing it cannot learn of.
+            return error_response(400, ["The connection was closed before the bid was accepted"])
 
         problem = self.backends.status.problem(self.settings.max_pricing_lag)
         if problem is None and self.replies.in_flight >= self.settings.max_in_flight:
@@ -120,13 +157,11 @@ class Gateway:
             log.warning("publishing a bid failed: %s", exc)
             return self.unavailable("Redis is unreachable")
         except ReplyTimeout:
-            return _json(
+            return error_response(
                 504,
-                {
-                    "errors": ["The bid was accepted but not confirmed in time; retry with the same Idempotency-Key"],
-                    "request_id": request_id,
-                },
+                ["The bid was accepted but not confirmed in time; retry with the same Idempotency-Key"],
                 {"X-Request-Id": request_id},
+                request_id=request_id,
             )
         finally:
             self.replies.forget(reply_id)
@@ -135,9 +170,9 @@ class Gateway:
     def _answer(self, reply: BidReply, request_id: str) -> web.Response:
         headers = {"X-Request-Id": request_id}
         if reply.error == BidReply.IDEMPOTENCY_CONFLICT:
-            return _json(422, {"errors": ["Idempotency-Key was already used for a different bid"]}, headers)
+            return error_response(422, ["Idempotency-Key was already used for a different bid"], headers)
         if reply.error is not None or reply.adjusted_cpc is None:
-            return _json(422, {"errors": ["The bid could not be stored"], "request_id": request_id}, headers)
+            return error_response(422, ["The bid could not be stored"], headers, request_id=request_id)
         return _json(200, {"adjusted_cpc": float(reply.adjusted_cpc), "bid_id": reply.bid_id}, headers)
 
     async def health(self, _request: web.Request) -> web.Response:
@@ -170,19 +205,29 @@ class Gateway:
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _stop(tasks)
             await self.backends.close()
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.delete(self.reply_stream)
 
 
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` until they have ended. One cancel is not always enough: redis-py (8.1) can swallow a
+    cancellation that arrives as a reply completes, and its loop would then run on while shutdown waits."""
+    while tasks:
+        for task in tasks:
+            task.cancel()
+        _, pending = await asyncio.wait(tasks, timeout=0.1)
+        tasks = list(pending)
+
+
 def create_app(settings: Settings, redis: aioredis.Redis, database_url: str) -> web.Application:
+    """The application; serve it with `ingest.edge` (`serve`, `edge_runner`), which the contract relies on."""
     gateway = Gateway(settings, redis, database_url)
     app = web.Application(client_max_size=settings.max_body_bytes)
-    app.router.add_post("/api/bid/", gateway.post_bid)
-    app.router.add_post("/api/bid", gateway.post_bid)
+    app[GATEWAY] = gateway
+    app.router.add_post("/api/bid/", gateway.post_bid, expect_handler=gateway.expect)
+    app.router.add_post("/api/bid", gateway.post_bid, expect_handler=gateway.expect)
     app.router.add_get("/health", gateway.health)
     app.router.add_get("/ready", gateway.ready)
     # The contract (docs: schema/http_api.py), serialized once; and this gateway's Prometheus metrics.

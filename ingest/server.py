@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from ingest.app import create_app
+from ingest.edge import serve
 from redis_streams.client import connect
 from schema.settings import ServerSettings
 
@@ -14,11 +13,5 @@ def main(settings: ServerSettings) -> int:
         settings.redis_url, settings, max_connections=settings.gateway_redis_connections, client_name="gateway"
     )
     app = create_app(settings, redis, settings.database_url)
-    web.run_app(
-        app,
-        host=settings.gateway_host,
-        port=settings.gateway_port,
-        access_log=None,  # one log line per bid would cost more than the bid itself
-        print=None,
-    )
+    serve(app, settings)  # read deadlines, half-close, connection cap, JSON errors: ingest/edge.py
     return 0

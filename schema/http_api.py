@@ -206,7 +206,10 @@ def _post_bid() -> dict[str, Any]:
         ],
         "requestBody": {
             "required": True,
-            "description": "At most MAX_BODY_BYTES (16 KiB).",
+            "description": (
+                "At most MAX_BODY_BYTES (16 KiB), as sent and once decoded; Content-Encoding gzip or deflate is "
+                "decoded by the gateway."
+            ),
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{BidRequest.__name__}"}}},
         },
         "responses": {
@@ -220,11 +223,24 @@ def _post_bid() -> dict[str, Any]:
                 "Invalid input: the legacy messages first (Invalid product ID, Invalid current CPC, Invalid target "
                 "ROAS), then what the legacy code let through (malformed JSON, not an object, Missing field: ..., "
                 "a product id that is not a whole number from 1 to 2^63-1, non-finite numbers, values or a result "
-                "too large to store, a malformed Idempotency-Key). Nothing is stored.",
+                "too large to store, a malformed Idempotency-Key); a gzip or deflate body that does not decode; a "
+                "malformed chunked body; a body cut short by the client closing its side. Nothing is stored.",
             ),
-            "408": _json(ErrorBody, "The request body did not arrive in time. Nothing is stored."),
-            "413": _json(ErrorBody, "The body is larger than MAX_BODY_BYTES (16 KiB)."),
-            "415": _json(ErrorBody, "Content-Type is not application/json."),
+            "408": _json(
+                ErrorBody,
+                "The headers (HEADER_TIMEOUT_S after their first byte) or the body (BODY_TIMEOUT_S after the "
+                "headers) did not arrive in time; the connection is closed. Nothing is stored.",
+            ),
+            "413": _json(ErrorBody, "The body is larger than MAX_BODY_BYTES (16 KiB), as sent or once decompressed."),
+            "415": _json(
+                ErrorBody,
+                "Content-Type is not application/json, or Content-Encoding is not gzip, x-gzip, deflate or "
+                "identity (then with Accept-Encoding: gzip, deflate).",
+            ),
+            "417": _json(ErrorBody, "An Expect header other than 100-continue."),
+            "431": _json(
+                ErrorBody, "The headers are still incomplete after MAX_HEADER_BYTES; the connection is closed."
+            ),
             "422": _json(
                 BidNotStored,
                 "The Idempotency-Key was used before for a different bid, or the bid could not be stored.",
@@ -232,8 +248,9 @@ def _post_bid() -> dict[str, Any]:
             ),
             "503": _json(
                 ErrorBody,
-                "Redis or PostgreSQL unreachable, the pricing agents too far behind (MAX_PRICING_LAG), or too many "
-                "bids in flight in this gateway (MAX_IN_FLIGHT). Nothing is stored; retry after Retry-After.",
+                "Redis or PostgreSQL unreachable, no pricing agent alive, the pricing agents too far behind "
+                "(MAX_PRICING_LAG), too many bids in flight in this gateway (MAX_IN_FLIGHT), or MAX_CONNECTIONS "
+                "connections open to it (then the connection is closed). Nothing is stored; retry after Retry-After.",
                 _RETRY_AFTER_HEADER,
             ),
             "504": _json(

@@ -48,6 +48,16 @@ class Settings:
     retry_delay_s: float = 0.2  # first pause after a failure; doubles (with jitter) on each failure in a row
     retry_max_delay_s: float = 2.0  # ... up to this
 
+    # The HTTP edge (ingest/edge.py): read deadlines and connection bounds, so that no client can hold the
+    # gateway's memory or a connection for long. A request's headers must arrive within HEADER_TIMEOUT_S
+    # of its first byte, its body within BODY_TIMEOUT_S of the end of its headers (then 408 and close);
+    # an idle keep-alive connection is closed after KEEPALIVE_TIMEOUT_S.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 75.0
+    max_header_bytes: int = 32 * 1024
+    max_connections: int = 2048
+
     # Both agents (processors/): how they read their consumer groups.
     claim_idle_ms: int = 15_000  # another consumer's entry is taken over after this long unacknowledged
     agent_read_ahead: int = 1  # batches read but not yet handled, per agent process

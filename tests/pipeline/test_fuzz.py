@@ -1,15 +1,19 @@
 """Property-based fuzzing of `POST /api/bid/` against the running pipeline (a real gateway and pricing agent).
 
-Whatever the body and Content-Type: never a 5xx, always a JSON answer, nothing on `bids:requests` unless the
-bid was accepted, the legacy rules (`legacy.validate_bid_data`) decide first, and a 200 is a stored row
-priced by the legacy formula.
+Whatever the body, Content-Type, Content-Encoding and the other headers: never a 5xx, always a JSON answer,
+nothing on `bids:requests` unless the bid was accepted, the legacy rules (`legacy.validate_bid_data`) decide
+first, and a 200 is a stored row priced by the legacy formula. A compressed body is judged as the body it
+decodes to; one that does not decode is a 400, an unknown coding a 415.
 """
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import math
+import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -192,10 +196,12 @@ class Target:
     def last_request_id(self) -> str:
         return str(self.redis.xinfo_stream(keys.BID_REQUESTS)["last-generated-id"])
 
-    def post(self, body: bytes, content_type: str | None) -> tuple[int, dict[str, str], bytes]:
+    def post(
+        self, body: bytes, content_type: str | None, extra: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         url = urlsplit(self.pipeline.gateway_url)
         connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
-        headers = {} if content_type is None else {"Content-Type": content_type}
+        headers = {**({} if content_type is None else {"Content-Type": content_type}), **(extra or {})}
         try:
             connection.request("POST", "/api/bid/", body=body, headers=headers)
             response = connection.getresponse()
@@ -265,12 +271,29 @@ def stream_id(entry_id: str) -> tuple[int, int]:
     return int(milliseconds), int(sequence)
 
 
-def check(target: Target, body: bytes, content_type: str | None) -> None:
+def check(
+    target: Target,
+    body: bytes,
+    content_type: str | None,
+    extra: dict[str, str] | None = None,
+    *,
+    decoded: bytes | None = None,
+    expected_status: int | None = None,
+) -> None:
+    """Post `body`; `decoded` is the body the gateway must judge (a compressed body's content), or
+    `expected_status` the refusal it must give whatever the body (a coding it cannot decode or accept)."""
     before = target.last_request_id()
-    status, headers, raw = target.post(body, content_type)
+    status, headers, raw = target.post(body, content_type, extra)
     after = target.last_request_id()
     event(f"status {status}")
-    assert status in {200, 400, 413, 415}, (status, raw[:300])
+    assert status in {200, 400, 413, 415, 417}, (status, raw[:300])
+    if expected_status is not None and is_json_type(content_type):
+        assert status == expected_status, (status, raw[:300])
+        assert after == before, f"a {status} added {after} to {keys.BID_REQUESTS}"
+        assert json.loads(raw)["errors"], raw
+        return
+    wire_size = len(body)
+    body = body if decoded is None else decoded
     answer = json.loads(raw)
     assert isinstance(answer, dict), answer
 
@@ -279,7 +302,8 @@ def check(target: Target, body: bytes, content_type: str | None) -> None:
     if content_type in OTHER_TYPES or content_type is None:
         assert status == 415, answer
     if is_json_type(content_type) and status != 415:
-        assert (status == 413) == (len(body) > MAX_BODY_BYTES), (len(body), status, answer)
+        too_large = wire_size > MAX_BODY_BYTES or len(body) > MAX_BODY_BYTES
+        assert (status == 413) == too_large, (wire_size, len(body), status, answer)
 
     if status != 200:
         assert after == before, f"a {status} added {after} to {keys.BID_REQUESTS}"
@@ -358,6 +382,68 @@ def test_arbitrary_json_documents(target: Target, document: Any) -> None:
 )
 def test_raw_bodies_and_content_types(target: Target, body: bytes, content_type: str | None) -> None:
     check(target, body, content_type)
+
+
+def deflate_raw(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+COMPRESSORS = {"gzip": gzip.compress, "x-gzip": gzip.compress, "deflate": zlib.compress, "deflate-raw": deflate_raw}
+UNKNOWN_CODINGS = ["br", "zstd", "compress", "gzip, deflate", "gzip, gzip", "*", "chunked", "utf-8"]
+
+
+@st.composite
+def encoded_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str], bytes | None, int | None]:
+    """(wire body, headers, the body it decodes to, or the status it must get whatever it decodes to)."""
+    plain = draw(st.one_of(st.builds(lambda d: encode(d).encode(), bid_documents()), raw_bodies()))
+    headers: dict[str, str] = {}
+    if draw(st.integers(0, 4)) == 0:
+        headers["Idempotency-Key"] = draw(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20))
+    if draw(st.integers(0, 5)) == 0:
+        headers["Expect"] = draw(st.sampled_from(["100-continue", "100-Continue", "teapot", "200-ok"]))
+    expected: int | None = None
+    if "Expect" in headers and headers["Expect"].lower() != "100-continue":
+        expected = 417
+    kind = draw(st.sampled_from(["none", "identity", "valid", "valid", "truncated", "trailing", "unknown", "bomb"]))
+    if kind in ("none", "identity"):
+        if kind == "identity":
+            headers["Content-Encoding"] = "identity"
+        return plain, headers, plain, expected
+    if kind == "unknown":
+        headers["Content-Encoding"] = draw(st.sampled_from(UNKNOWN_CODINGS))
+        return plain, headers, None, expected or 415
+    coding = draw(st.sampled_from(sorted(COMPRESSORS)))
+    headers["Content-Encoding"] = coding.removesuffix("-raw")
+    if kind == "bomb":
+        plain = b'{"product_id": 1, "current_cpc": 1, "target_roas": 100, "pad": "' + b" " * 200_000 + b'"}'
+    wire = COMPRESSORS[coding](plain)
+    if kind == "truncated" and coding != "deflate-raw":  # a raw deflate stream has no trailer to miss
+        return wire[: draw(st.integers(0, len(wire) - 1))], headers, None, expected or 400
+    if kind == "trailing":
+        return wire + draw(st.sampled_from([b"x", b"\n", b"garbage", b"\x00"])), headers, None, expected or 400
+    return wire, headers, plain, expected
+
+
+@FUZZ
+@given(request=encoded_requests(), content_type=st.sampled_from(JSON_TYPES))
+@example(
+    request=(
+        gzip.compress(b'{"product_id": 1, "current_cpc": 1, "target_roas": 100}'),
+        {"Content-Encoding": "gzip"},
+        b'{"product_id": 1, "current_cpc": 1, "target_roas": 100}',
+        None,
+    ),
+    content_type="application/json",
+)
+@example(request=(b"\x1f\x8b\x08\x00garbage", {"Content-Encoding": "gzip"}, None, 400), content_type="application/json")
+def test_content_encodings_and_headers(
+    target: Target, request: tuple[bytes, dict[str, str], bytes | None, int | None], content_type: str
+) -> None:
+    body, headers, decoded, expected_status = request
+    if "Idempotency-Key" in headers:  # never reused across examples: a reused key with another body is a 422
+        headers = {**headers, "Idempotency-Key": headers["Idempotency-Key"] + uuid.uuid4().hex}
+    check(target, body, content_type, headers, decoded=decoded, expected_status=expected_status)
 
 
 @pytest.mark.parametrize(
