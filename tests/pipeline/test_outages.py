@@ -59,11 +59,19 @@ def hold_outage(system: System, seconds: float, since: float) -> None:
 
 
 def assert_outage_logged_once(system: System, roles: list[str]) -> None:
-    """One line when an outage starts and one when it ends, per loop that met it (not one per retry)."""
+    """One line when an outage starts and one when it ends, per loop that met it (not one per retry).
+
+    A periodic loop (the stream trim runs every TRIM_INTERVAL_S) logs its recovery on its next run, which may
+    come after the bids flow again: wait for every loop's end line, then check none logged more than one of each.
+    """
     for role in roles:
-        lines = outage_lines(system.log(role))
-        assert lines, f"{role} logged no outage: {system.log_tail(role)}"
-        assert all(counts == (1, 1) for counts in lines.values()), (role, lines)
+
+        def every_outage_ended(role: str = role) -> dict[str, tuple[int, int]] | None:
+            lines = outage_lines(system.log(role))
+            return lines if lines and all(recovered >= 1 for _, recovered in lines.values()) else None
+
+        lines = poll(f"{role} logging the end of every outage it logged", every_outage_ended, timeout_s=60)
+        assert all(counts == (1, 1) for counts in lines.values()), (role, lines, system.log_tail(role))
 
 
 def publish_failures_since(gateway_log: str, moment: datetime) -> list[str]:
