@@ -495,3 +495,19 @@ def test_console_ingress_is_internal_and_https(values_name: str) -> None:
 
 def test_console_ingress_off_by_default() -> None:
     assert set(of_kind(rendered("default"), "Ingress")) == {RELEASE}
+
+
+def test_in_cluster_redis_never_evicts(values_name: str) -> None:
+    """An evicted stream entry or dedupe bitmap is a lost or double-counted bid: the in-cluster Redis refuses
+    writes at its memory cap instead, below its container's memory limit."""
+    statefulsets = of_kind(rendered(values_name), "StatefulSet")
+    redis = [s for name, s in statefulsets.items() if "redis" in name]
+    if not redis:
+        pytest.skip(f"{values_name} uses a managed Redis")
+    (container,) = redis[0]["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    maxmemory_mb = int(args[args.index("--maxmemory") + 1].removesuffix("mb"))
+    limit_mi = int(container["resources"]["limits"]["memory"].removesuffix("Mi").removesuffix("Gi"))
+    limit_mb = limit_mi * (1024 if container["resources"]["limits"]["memory"].endswith("Gi") else 1) * 1.048576
+    assert maxmemory_mb < limit_mb
