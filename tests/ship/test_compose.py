@@ -13,7 +13,7 @@ import yaml
 from .conftest import ROOT, assert_bidengine_command, schema_errors, vendored_schema
 
 COMPOSE = ROOT / "docker-compose.yml"
-APP_SERVICES = {"migrate", "gateway", "pricing-agent", "audit-agent", "monitor"}
+APP_SERVICES = {"migrate", "gateway", "pricing-agent", "audit-agent", "monitor", "console"}
 LONG_RUNNING = APP_SERVICES - {"migrate"}
 
 
@@ -88,7 +88,15 @@ def test_app_services_run_commands_of_the_image() -> None:
         assert "entrypoint" not in service, f"{name} overrides the image's ENTRYPOINT"
         assert_bidengine_command(["bidengine", *service["command"]], f"docker-compose service {name}")
     commands = {services()[name]["command"][0] for name in APP_SERVICES}
-    assert commands == {"migrate", "gateway", "pricing-agent", "audit-agent", "monitor"}
+    assert commands == {"migrate", "gateway", "pricing-agent", "audit-agent", "monitor", "console"}
+
+
+def test_console_is_opt_in_and_has_no_default_key() -> None:
+    """No default credentials anywhere: the console runs only when asked for, with the operator's own key."""
+    console = services()["console"]
+    assert console["profiles"] == ["console"]
+    assert console["environment"]["CONSOLE_SESSION_KEY"] == "${CONSOLE_SESSION_KEY:-}"
+    assert all(port.startswith("127.0.0.1:") for port in console["ports"])
 
 
 def test_ports_and_connection_settings() -> None:
