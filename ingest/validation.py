@@ -115,11 +115,9 @@ def validate_bid(document: dict[str, Any]) -> BidInput:
     same either way (tests/ingest/test_validation.py compares both on generated bodies); this only saves
     the gateway the PHP-faithful scan for the body nearly every bidder sends.
     """
-    product_id, current_cpc, target_roas = (
-        document.get("product_id"),
-        document.get("current_cpc"),
-        document.get("target_roas"),
-    )
+    product_id: Any = document.get("product_id")
+    current_cpc: Any = document.get("current_cpc")
+    target_roas: Any = document.get("target_roas")
     if (
         type(product_id) is int
         and type(current_cpc) in _PLAIN_NUMBERS
