@@ -1,6 +1,7 @@
 """Benchmark: the whole system, the gateway + pricing agent alone, and a one-INSERT baseline, in one run.
 
     python -m bench.pipeline [--duration 15] [--rounds 1] [--connections 50] [--only system,pricing,baseline]
+    python -m bench.pipeline --against main --only pricing --rounds 3   # this tree vs another revision, A/B
 
 Each *configuration* is started fresh, driven by wrk on loopback (2 threads, 50 connections, a fixed
 duration), checked, and stopped:
@@ -24,6 +25,9 @@ spread of each figure, and of each configuration's ratio to the baseline of the 
 
 Configurations are rows of `CONFIGURATIONS`: a variant of one is a row with its own environment (e.g. a
 setting switched off) or its own database preparation (e.g. another table layout); see `Configuration`.
+`--against REV` adds, for each configuration but the baseline, a twin that runs the code of revision REV
+(exported with `git archive`), alternating with this tree's in every round: on a shared machine the CPU per
+bid of the two, same run, is how a change is judged (the summary prints their ratios).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
@@ -50,7 +54,7 @@ import asyncpg
 import psycopg
 import redis
 
-from bench.support import fresh_database, private_redis, process_cpu_seconds, redis_cpu_seconds
+from bench.support import code_at, fresh_database, private_redis, process_cpu_seconds, redis_cpu_seconds
 from bidengine.embedded import embedded_postgres, free_port
 from schema.database import BIDS_TABLE
 
@@ -83,6 +87,8 @@ class Configuration:
     env: dict[str, str] = field(default_factory=dict)
     prepare_database: Callable[[str], str] | None = None
     baseline: bool = False
+    code: Path = ROOT  # the tree whose code the processes run (their working directory comes first on sys.path)
+    twin_of: str | None = None  # for --against: the configuration this one runs at another revision
 
 
 def _cli(*args: str) -> list[str]:
@@ -316,7 +322,9 @@ def measure(configuration: Configuration, database_url: str, redis_url: str, arg
     }
     base = f"http://127.0.0.1:{port}"
     processes = [
-        subprocess.Popen(list(command), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        subprocess.Popen(
+            list(command), env=env, cwd=configuration.code, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        )
         for command in configuration.commands
     ]
     try:
@@ -397,13 +405,30 @@ def summarize(runs: dict[str, list[Measured]], configurations: Sequence[Configur
             for name in names
         )
         print(f"{'':<30} CPU µs per bid (median): {per_process}")
+    for configuration in configurations:
+        if configuration.twin_of is None:
+            continue
+        ours, theirs = runs[configuration.twin_of], runs[configuration.name]
+        cpu = [m.total_us_per_bid / t.total_us_per_bid for m, t in zip(ours, theirs, strict=False)]
+        rate = [m.wrk.rate / t.wrk.rate for m, t in zip(ours, theirs, strict=False)]
+        names = sorted({name for m in ours for name in m.cpu_s}, key=lambda n: -ours[0].cpu_s.get(n, 0))
+        ratios = {
+            name: [m.us_per_bid(name) / t.us_per_bid(name) for m, t in zip(ours, theirs, strict=False)]
+            for name in names
+            if all(t.cpu_s.get(name) for t in theirs) and all(name in m.cpu_s for m in ours)
+        }
+        per_process = ", ".join(f"{name} {_spread(values, '.2f')}" for name, values in ratios.items())
+        print(
+            f"this tree / {configuration.label}: CPU per bid {_spread(cpu, '.3f')}, bids/s {_spread(rate, '.3f')}; "
+            f"per process: {per_process}"
+        )
     if baseline is None:
         return
     for configuration in configurations:
         if configuration.baseline:
             continue
-        ratios = [m.wrk.rate / b.wrk.rate for m, b in zip(runs[configuration.name], runs[baseline.name], strict=False)]
-        print(f"ratio {configuration.label} / baseline: {_spread(ratios, '.2f')}x")
+        against = [m.wrk.rate / b.wrk.rate for m, b in zip(runs[configuration.name], runs[baseline.name], strict=False)]
+        print(f"ratio {configuration.label} / baseline: {_spread(against, '.2f')}x")
 
 
 @contextlib.contextmanager
@@ -424,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [c.name for c in CONFIGURATIONS]
     parser.add_argument("--only", default=",".join(names), help=f"comma-separated subset of {','.join(names)}")
     parser.add_argument("--skip-baseline", action="store_true", help="(same as leaving baseline out of --only)")
+    parser.add_argument("--against", metavar="REV", help="also run each configuration at git revision REV (A/B)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is required: apt-get install -y wrk")
@@ -434,6 +460,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     configurations = [c for c in CONFIGURATIONS if c.name in wanted and not (c.baseline and args.skip_baseline)]
 
     with contextlib.ExitStack() as stack:
+        if args.against:
+            other = stack.enter_context(code_at(args.against))
+            configurations = [
+                twin
+                for c in configurations
+                for twin in (
+                    (c,)
+                    if c.baseline
+                    else (
+                        c,
+                        replace(
+                            c,
+                            name=f"{c.name}@{args.against}",
+                            label=f"{c.label} @{args.against}",
+                            code=other,
+                            twin_of=c.name,
+                        ),
+                    )
+                )
+            ]
         redis_url = stack.enter_context(private_redis())
         server_url = stack.enter_context(postgres_server())
         database_url = stack.enter_context(fresh_database(server_url))
