@@ -33,7 +33,7 @@ from redis_streams.groups import Batch, StreamEntry
 from redis_streams.pipe import Command, execute_packed, xadd
 from schema import keys
 from schema.database import BIDS_TABLE
-from schema.events import BidReply, BidRequested, DeadLetter, EventDecodeError, PricedBid, encode_replies, money
+from schema.events import BidReply, BidRequested, DeadLetter, EventDecodeError, PricedBid, encode_replies
 from schema.idempotency import request_fingerprint
 from schema.settings import Settings
 
@@ -250,7 +250,7 @@ class PricingHandler:
     ) -> None:
         replies: dict[str, list[BidReply]] = defaultdict(list)
         commands: list[Command] = []
-        published: set[int] = set()
+        published: dict[int, dict[str, str]] = {}  # bid id -> its bids:priced fields
         for request, same_request in zip(priced, same, strict=True):
             bid = stored[request.event.request_id].bid
             if not same_request:
@@ -260,12 +260,12 @@ class PricingHandler:
                     BidReply(request.event.reply_id, error=BidReply.IDEMPOTENCY_CONFLICT)
                 )
                 continue
-            replies[request.event.reply_to].append(
-                BidReply(request.event.reply_id, bid.bid_id, money(bid.adjusted_cpc))
-            )
-            if bid.bid_id not in published:
-                published.add(bid.bid_id)
-                commands.append(xadd(keys.BIDS_PRICED, bid.to_fields()))
+            fields = published.get(bid.bid_id)
+            if fields is None:
+                fields = published[bid.bid_id] = bid.to_fields()
+                commands.append(xadd(keys.BIDS_PRICED, fields))
+            # The reply carries the price as published (money(adjusted_cpc)), formatted once.
+            replies[request.event.reply_to].append(BidReply(request.event.reply_id, bid.bid_id, fields["adjusted_cpc"]))
         for entry, reason, event in dead:
             log.error("dead-lettering %s: %s", entry.id, reason)
             dead_letter = DeadLetter(entry.id, keys.BID_REQUESTS, reason, entry.fields, group=keys.PRICING_GROUP)
