@@ -169,7 +169,7 @@ class Gateway:
         except ReplyTimeout:
             if self._recorded is not None:
                 self._recorded.reply_timeouts.inc()
-            log.warning(
+            log.info(
                 "bid accepted but not confirmed within %.1f s: answered 504",
                 self.settings.reply_timeout_s,
                 extra={REQUEST_ID: request_id},

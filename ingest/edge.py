@@ -293,7 +293,9 @@ class EdgeProtocol(RequestHandler):
         """aiohttp's access-log hook, once an answer is written: the request metrics (no access log is kept)."""
         metrics = self._metrics
         if metrics is not None and time is not None:
-            match_info = getattr(request, "match_info", None)  # a web.Request's; None when the parser refused it
+            # A web.Request's routing result (its `match_info` property asserts one exists); None for a request
+            # the parser refused, or one answered before routing.
+            match_info = getattr(request, "_match_info", None)
             resource = match_info.route.resource if match_info is not None else None
             metrics.answered(resource, request.method, response.status, self._loop.time() - time)
 

@@ -29,7 +29,7 @@ from monitor.publisher import publish
 from monitor.upstream import normalize
 from redis_streams.client import connect
 from schema.settings import RedisSettings, Settings
-from telemetry.metrics import serve_metrics
+from telemetry.metrics import RETRY_BIND_S, MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +199,25 @@ async def serve(settings: RedisSettings, stop: asyncio.Event, metrics: MonitorMe
     log.info("monitor stopped", extra={"event": "stopped"})
 
 
-async def _serve_until_signalled(settings: RedisSettings, metrics: MonitorMetrics) -> None:
+async def _serve_until_signalled(settings: RedisSettings, metrics: MonitorMetrics, endpoint: MetricsEndpoint) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _request_stop, stop, signum)
-    await serve(settings, stop, metrics)
+    serving = asyncio.create_task(_serve_metrics(endpoint, stop))
+    try:
+        await serve(settings, stop, metrics)
+    finally:
+        serving.cancel()
+        endpoint.close()
+
+
+async def _serve_metrics(endpoint: MetricsEndpoint, stop: asyncio.Event) -> None:
+    """Bind the metrics port, trying again while it is taken (the monitor polls on meanwhile)."""
+    while not stop.is_set() and not endpoint.bind():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RETRY_BIND_S):
+                await stop.wait()
 
 
 def _request_stop(stop: asyncio.Event, signum: int) -> None:
@@ -216,19 +229,14 @@ def main(settings: RedisSettings) -> int:
     """Entry point of `bidengine monitor`: runs until SIGTERM/SIGINT, then returns 0. Its metrics are served on
     MONITOR_METRICS_PORT by prometheus-client's thread (`telemetry.metrics`), next to /health on MONITOR_PORT.
 
-    A poll runs every few minutes, so METRICS_ENABLED=false changes nothing here: the poll metrics are recorded."""
+    A poll runs every few minutes, so METRICS_ENABLED=false changes nothing here: the poll metrics are recorded.
+    A metrics port that is taken does not stop the monitor: it is tried again every RETRY_BIND_S."""
     metrics = MonitorMetrics()
+    endpoint = MetricsEndpoint(metrics.registry, settings.metrics_host, settings.monitor_metrics_port, role="monitor")
     try:
-        server, _ = serve_metrics(
-            metrics.registry, settings.metrics_host, settings.monitor_metrics_port, role="monitor"
-        )
-        try:
-            asyncio.run(_serve_until_signalled(settings, metrics))
-        finally:
-            server.shutdown()
-            server.server_close()
+        asyncio.run(_serve_until_signalled(settings, metrics, endpoint))
     except OSError as exc:
-        # Typically a port is taken; nothing was published, so a plain failure exit is right.
+        # Typically the HTTP port is taken; nothing was published, so a plain failure exit is right.
         log.error("monitor could not start", extra={"event": "start_failed", "error": str(exc)})
         return 1
     return 0

@@ -14,7 +14,6 @@ import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TextIO
-from wsgiref.simple_server import WSGIServer
 
 import asyncpg
 import faust
@@ -38,32 +37,27 @@ from redis_streams.retry import Backoff, Outage, describe, retry
 from schema import keys
 from schema.settings import ServerSettings, Settings
 from telemetry.logs import dict_config
-from telemetry.metrics import serve_metrics
+from telemetry.metrics import RETRY_BIND_S, MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
 
 class MetricsServer(mode.Service):
-    """Serves a registry at /metrics on its own port while the worker runs (`telemetry.metrics.serve_metrics`:
-    a thread of prometheus-client's, so a scrape never runs on the worker's event loop)."""
+    """Serves a registry at /metrics on its own port while the worker runs (`telemetry.metrics`: a thread of
+    prometheus-client's, so a scrape never runs on the worker's event loop). A port that is taken never stops
+    the worker: it is tried again in the background."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int, *, role: str, **kwargs: Any) -> None:
-        self.registry = registry
-        self.host = host
-        self.port = port
-        self.role = role
-        self._server: WSGIServer | None = None
+        self.endpoint = MetricsEndpoint(registry, host, port, role=role)
         super().__init__(**kwargs)
 
-    async def on_start(self) -> None:
-        # A port that is taken is a configuration error: the worker stops at start, saying why (not a backend
-        # outage, which nothing here waits for).
-        self._server, _ = serve_metrics(self.registry, self.host, self.port, role=self.role)
+    @mode.Service.task
+    async def _serve(self) -> None:
+        while not self.should_stop and not self.endpoint.bind():
+            await self.sleep(RETRY_BIND_S)
 
     async def on_stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        self.endpoint.close()
 
 
 def watch_groups(registry: CollectorRegistry, settings: ServerSettings) -> None:

@@ -50,6 +50,50 @@ def serve_metrics(
     return server, thread
 
 
+# How often a role whose metrics port is taken tries it again.
+RETRY_BIND_S = 10.0
+
+
+class MetricsEndpoint:
+    """A role's /metrics server that never stops the role: a port that is taken (another process on this host,
+    a second agent started beside the first) is logged once, as an error, and tried again every RETRY_BIND_S by
+    the role's own loop (`bind()`) while the role works on; Prometheus meanwhile sees the target down (the chart's
+    alert on it says so)."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int, *, role: str) -> None:
+        self.registry = registry
+        self.host = host
+        self.port = port
+        self.role = role
+        self.server: WSGIServer | None = None
+        self._refused = False
+
+    def bind(self) -> bool:
+        """Serve if not serving yet; True once serving."""
+        if self.server is None:
+            try:
+                self.server, _ = serve_metrics(self.registry, self.host, self.port, role=self.role)
+            except OSError as exc:
+                if not self._refused:
+                    log.error(
+                        "%s cannot serve /metrics on %s:%d (%s); it works on and tries again every %.0f s",
+                        self.role,
+                        self.host,
+                        self.port,
+                        exc,
+                        RETRY_BIND_S,
+                        extra={"event": "metrics_port_taken"},
+                    )
+                self._refused = True
+        return self.server is not None
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
 # --- hot-path metrics --------------------------------------------------------------------------------------
 # prometheus-client's own counters and histograms take a lock on every update (measured here: ~3.5 us per
 # Counter.inc, ~6 us per Histogram.observe, a tenth of a bid's CPU for three of them). The gateway records a
