@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -53,12 +54,29 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return web.json_response(body, status=status, headers=headers)
 
 
+# A version-4 UUID's fixed bits: version 4 (bits 76-79), RFC 4122 variant (bits 62-63), as uuid.UUID sets them.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (4 << 76) | (0x8000 << 48)
+
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"  # what web.json_response sends
+
+
+def bid_response(adjusted_cpc: float, bid_id: int, request_id: str) -> web.Response:
+    """The 200 of a stored bid: the bytes `web.json_response` would send for {"adjusted_cpc", "bid_id"}, without
+    building a dict and running the JSON encoder for two numbers (json.dumps writes a float as its repr)."""
+    body = f'{{"adjusted_cpc": {adjusted_cpc!r}, "bid_id": {bid_id}}}'.encode()
+    return web.Response(body=body, headers={"X-Request-Id": request_id, "Content-Type": JSON_CONTENT_TYPE})
+
+
 def request_id_for(idempotency_key: str | None) -> str:
     """A fresh random UUID, or the one the key always maps to (so a retry names the same stored bid)."""
     if idempotency_key is None:
         # random.getrandbits instead of uuid4(): no os.urandom system call per bid; 122 random bits from a
-        # generator seeded per process by os.urandom are as collision-free for ids (not secrets).
-        return str(uuid.UUID(int=random.getrandbits(128), version=4))
+        # generator seeded per process by os.urandom are as collision-free for ids (not secrets). Formatted
+        # here rather than through a uuid.UUID object: the same text for a third of the cost.
+        digits = "%032x" % (random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+        return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key))
 
 
@@ -185,6 +203,10 @@ class Gateway:
         return self._answer(reply, request_id)
 
     def _answer(self, reply: BidReply, request_id: str) -> web.Response:
+        if reply.error is None and reply.adjusted_cpc is not None and reply.bid_id is not None:
+            adjusted_cpc = float(reply.adjusted_cpc)
+            if math.isfinite(adjusted_cpc):  # always, for a stored amount; JSON has no literal for the others
+                return bid_response(adjusted_cpc, reply.bid_id, request_id)
         headers = {"X-Request-Id": request_id}
         if reply.error == BidReply.IDEMPOTENCY_CONFLICT:
             return error_response(422, ["Idempotency-Key was already used for a different bid"], headers)

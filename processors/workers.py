@@ -132,6 +132,7 @@ def group_config(
     concurrency: int,
     dead_letter_stream: str,
     consumer: str | None = None,
+    min_read_interval_ms: int = 0,
 ) -> GroupConfig:
     """One agent's consumer-group reading, from the settings only (both agents are configured the same way)."""
     return GroupConfig(
@@ -152,6 +153,7 @@ def group_config(
         consumer_expiry_ms=settings.consumer_expiry_s * 1000,
         presence_key=keys.consumers_key(group),
         heartbeat_file=heartbeat_path(role),
+        min_read_interval_ms=min_read_interval_ms,
     )
 
 
@@ -236,6 +238,7 @@ def build_audit_app(settings: ServerSettings, *, consumer: str | None = None) ->
         concurrency=1,
         dead_letter_stream=keys.AUDIT_DEAD_LETTER,
         consumer=consumer,
+        min_read_interval_ms=settings.audit_read_interval_ms,
     )
     heartbeat = Heartbeat(config.heartbeat_file)
     collector_client = connect_collector(settings.redis_url)

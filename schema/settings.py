@@ -83,6 +83,9 @@ class Settings:
     audit_report_cron: str = "0 6 * * *"
     audit_batch_size: int = 500
     audit_block_ms: int = 100
+    # A read that did not fill a batch is followed by the next one this long after it started: the live stream
+    # comes in batches of ~rate x interval (fewer reads and script calls per bid); flags appear this much later.
+    audit_read_interval_ms: int = 100
     audit_flags_maxlen: int = 100_000  # audit:flags keeps about this many entries
     audit_reports_maxlen: int = 1_000  # audit:reports keeps about this many daily reports
 
