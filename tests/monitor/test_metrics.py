@@ -12,8 +12,9 @@ from monitor.fake_api import Fault, RunningFakeApi, is_broken_by_bad_items
 from monitor.health import PollOutcome
 from monitor.metrics import MonitorMetrics
 from telemetry.metrics import serve_metrics
-from tests.metrics_scrape import moved, scrape
+from tests.metrics_scrape import exposed_labels, moved, scrape
 from tests.monitor.conftest import MonitorFactory
+from tests.test_metrics import documented_metrics
 
 
 @pytest.fixture
@@ -54,5 +55,8 @@ async def test_polls_published_and_rejected_items_move_by_what_happened(
         "bidengine_monitor_items_rejected_total": broken,
     }
     assert delta["bidengine_monitor_poll_duration_seconds_count"] == 3
+    documented = documented_metrics()
+    for name, exposed in exposed_labels(url).items():
+        assert documented.get(name) == exposed, f"docs/metrics.md on {name}"
     # The last success is the second poll's end, not the failed third one's.
     assert started <= after["bidengine_monitor_last_success_timestamp_seconds"] <= time.time()
