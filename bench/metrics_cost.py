@@ -1,122 +1,86 @@
 """What the metrics cost a bid at the gateway: instructions per request with METRICS_ENABLED on and off.
 
-    python -m bench.metrics_cost                 # instructions per request, under valgrind (repeatable)
+    python -m bench.metrics_cost                         # instructions per request, under valgrind (repeatable)
     python -m bench.metrics_cost --in-process on --requests 1000   # one variant, without valgrind
 
-The real gateway (`ingest.app.create_app` served by `ingest.edge`) and a minimal pricing responder run in one
-process, on an embedded Redis and the PostgreSQL of DATABASE_URL (the gateway only checks that it answers):
-the responder reads `bids:requests` through the pricing group, announces itself as a live consumer and answers
-every bid on the gateway's reply stream, so each request goes through the whole gateway hot path (edge,
-handler, XADD, reply routing) and its metrics. One client connection sends the bids one after another.
+What the gateway records per request is all at its HTTP edge and in its reply routing: the request's count and
+duration (`ingest.edge.EdgeProtocol.log_access`, once the answer is written) and the reply's wait (the reply
+router). This serves a bid handler through the real edge (`ingest.edge.edge_runner`) with the gateway's metrics
+(`ingest.metrics.GatewayMetrics`, on or off as METRICS_ENABLED makes them), the handler parsing the body as the
+gateway does and observing a reply wait as the reply router does; one client connection in the same process
+sends bids one after another. Nothing else runs: no timer, no Redis, so the count does not depend on how long a
+run takes (a run under valgrind is slow, and the gateway's periodic tasks would add their instructions by the
+second, not by the request).
 
-Instructions are counted with callgrind for 200 and for 1,000 requests; the difference divided by 800 is the
-cost of one request (start-up cancels out), client and responder included: the same for both variants, so the
-difference between them is what the metrics cost. The whole pipeline's figure with the metrics on and off, in
-the same run: `bench.pipeline` (docs/benchmarks.md).
+Instructions are counted with callgrind for 200 and for 1,200 requests; the difference divided by 1,000 is the
+cost of one request, client included (the same in both variants: the difference is what the metrics cost).
+Whole-pipeline throughput with the metrics on and off in the same run: `bench.pipeline` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-from bidengine.embedded import embedded_redis, free_port
-from schema import keys
-from schema.events import BidReply, BidRequested, encode_replies
+from aiohttp import web
+
+from bench.edge import REQUEST, edge_handler
+from bidengine.embedded import free_port
+from ingest.metrics import GATEWAY_METRICS, GatewayMetrics
 from schema.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-FEW, MANY = 200, 800  # requests of the short run, and how many more the long one sends
-BODY = b'{"product_id": 123, "current_cpc": 1.50, "target_roas": 150.0}'
-REQUEST = (
-    b"POST /api/bid/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-    + str(len(BODY)).encode()
-    + b"\r\n\r\n"
-    + BODY
-)
-
-
-async def respond(redis_url: str, stop: asyncio.Event) -> None:
-    """A pricing agent reduced to its protocol: read, reply, acknowledge, announce."""
-    from redis import asyncio as aioredis
-
-    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        await redis.xgroup_create(keys.BID_REQUESTS, keys.PRICING_GROUP, id="0", mkstream=True)
-    except Exception as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-    presence = keys.consumers_key(keys.PRICING_GROUP)
-    while not stop.is_set():
-        seconds, micros = await redis.time()
-        await redis.zadd(presence, {"bench": seconds * 1000 + micros // 1000})
-        reply: Any = await redis.xreadgroup(keys.PRICING_GROUP, "bench", {keys.BID_REQUESTS: ">"}, count=100, block=100)
-        for _, entries in reply.items() if isinstance(reply, dict) else reply or []:
-            flat: list[tuple[str, dict[str, str]]] = entries[0] if entries and isinstance(entries[0], list) else entries
-            async with redis.pipeline(transaction=False) as pipe:
-                for entry_id, fields in flat:
-                    bid = BidRequested.from_fields(fields)
-                    answer: Any = encode_replies([BidReply(bid.reply_id, 1, "2.25")])
-                    pipe.xadd(bid.reply_to, answer)
-                    pipe.xack(keys.BID_REQUESTS, keys.PRICING_GROUP, str(entry_id))
-                await pipe.execute()
-    await redis.aclose()
-
-
-async def run(variant: str, requests: int, redis_url: str, database_url: str) -> None:
-    from aiohttp import web
-
-    from ingest.app import GATEWAY, create_app
-    from ingest.edge import edge_runner
-    from redis_streams.client import connect
-
-    port = free_port()
-    settings = Settings(gateway_port=port, metrics_enabled=variant == "on")
-    stop = asyncio.Event()
-    responder = asyncio.create_task(respond(redis_url, stop))
-    app = create_app(settings, connect(redis_url, settings, client_name="gateway"), database_url)
-    runner = edge_runner(app, settings)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    backends = app[GATEWAY].backends
-    # Checked by hand below, then never again: a check every second would add instructions by the wall-clock time
-    # a run takes (under valgrind, minutes), not by the requests it serves.
-    backends.interval_s = 3600.0
-    while not backends.status.pricing_consumers:  # the responder has announced itself
-        await asyncio.sleep(0.05)
-        await backends.check()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    for _ in range(requests):
-        writer.write(REQUEST)
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
-        await reader.readexactly(length)
-    writer.close()
-    stop.set()
-    await responder
-    await runner.cleanup()
+FEW, MANY = 200, 1000  # requests of the short run, and how many more the long one sends
 
 
 def in_process(variant: str, requests: int) -> None:
     import uvloop
 
+    from ingest.edge import edge_runner
+
+    metrics = GatewayMetrics(enabled=variant == "on")
+    reply_wait = metrics.reply_wait if metrics.enabled else None
+
+    async def handler(request: web.Request) -> web.Response:
+        response = await edge_handler(request)
+        if reply_wait is not None:  # what the reply router does for each reply
+            reply_wait.observe(0.004)
+        return response
+
+    async def run() -> None:
+        port = free_port()
+        settings = Settings(gateway_port=port, metrics_enabled=metrics.enabled)
+        app = web.Application(client_max_size=settings.max_body_bytes)
+        app.router.add_post("/api/bid/", handler)
+        app[GATEWAY_METRICS] = metrics
+        runner = edge_runner(app, settings)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(requests):
+            writer.write(REQUEST)
+            await reader.readuntil(b'"bid_id": 1}')
+        writer.close()
+        await runner.cleanup()
+        counted = metrics.registry.get_sample_value(
+            "bidengine_http_requests_total", {"route": "/api/bid/", "method": "POST", "status": "200"}
+        )
+        assert counted == (requests if metrics.enabled else None), counted
+
     uvloop.install()
-    asyncio.run(run(variant, requests, os.environ["BENCH_REDIS_URL"], os.environ["DATABASE_URL"]))
+    asyncio.run(run())
 
 
-def count_instructions(variant: str, requests: int, env: dict[str, str]) -> int:
+def count_instructions(variant: str, requests: int) -> int:
     output = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
          "bench.metrics_cost", "--in-process", variant, "--requests", str(requests)],
-        cwd=ROOT, capture_output=True, text=True, check=True, env=env,
+        cwd=ROOT, capture_output=True, text=True, check=True,
     ).stderr  # fmt: skip
     collected = re.search(r"Collected : (\d+)", output)
     assert collected, output
@@ -126,20 +90,14 @@ def count_instructions(variant: str, requests: int, env: dict[str, str]) -> int:
 def instructions(rounds: int) -> int:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is required: apt-get install -y valgrind")
-    if not os.environ.get("DATABASE_URL"):
-        raise SystemExit("DATABASE_URL is required (the gateway checks that PostgreSQL answers)")
     per_request: dict[str, list[float]] = {"on": [], "off": []}
-    with embedded_redis() as redis_url:
-        env = {**os.environ, "BENCH_REDIS_URL": redis_url, "LOG_LEVEL": "WARNING"}
-        for _ in range(rounds):
-            for variant in ("off", "on"):  # alternating: whatever the machine does affects both alike
-                few, many = count_instructions(variant, FEW, env), count_instructions(variant, FEW + MANY, env)
-                per_request[variant].append((many - few) / MANY)
-                print(f"metrics {variant:<3} {per_request[variant][-1]:>10,.0f} instructions per request", flush=True)
+    for _ in range(rounds):
+        for variant in ("off", "on"):  # alternating rounds
+            few, many = count_instructions(variant, FEW), count_instructions(variant, FEW + MANY)
+            per_request[variant].append((many - few) / MANY)
+            print(f"metrics {variant:<3} {per_request[variant][-1]:>9,.0f} instructions per request", flush=True)
     on, off = (sorted(per_request[v])[len(per_request[v]) // 2] for v in ("on", "off"))
-    print(
-        f"median over {rounds} rounds: on - off = {on - off:,.0f} instructions per request; on / off = {on / off:.4f}"
-    )
+    print(f"median of {rounds}: on - off = {on - off:,.0f} instructions per request; on / off = {on / off:.4f}")
     return 0
 
 
