@@ -60,6 +60,8 @@ class Batch(list[StreamEntry]):
         self.stream = stream
         self.group = group
         self.acknowledged = False
+        # Re-read from this consumer's own pending list (delivered to it before a restart), not new entries.
+        self.redelivered = False
 
     def ack_command(self) -> tuple[str, ...]:
         return ("XACK", self.stream, self.group, *(entry.id for entry in self))
@@ -139,7 +141,7 @@ return now_ms
 """
 
 # KEYS[1] the presence key; ARGV[1] how recent an announcement counts (ms).
-_LIVE_CONSUMERS = """
+LIVE_CONSUMERS_SCRIPT = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 return redis.call('ZCOUNT', KEYS[1], now_ms - tonumber(ARGV[1]), '+inf')
@@ -183,7 +185,9 @@ class GroupReader:
             if raw:
                 # Advance the cursor: reading id 0 again would return the same entries forever.
                 self._own_pending_cursor = raw[-1][0]
-                return self._track(_entries(raw))
+                batch = self._track(_entries(raw))
+                batch.redelivered = True
+                return batch
             self._own_pending_cursor = None
         cfg = self.config
         if cfg.min_read_interval_ms:
@@ -325,7 +329,7 @@ async def trim_processed(redis: aioredis.Redis, stream: str, *, keep_ms: int, no
 
 async def live_consumers(redis: aioredis.Redis, presence_key: str, *, alive_ms: int) -> int:
     """Consumers that announced themselves in `presence_key` within the last `alive_ms` (Redis's clock)."""
-    script = redis.register_script(_LIVE_CONSUMERS)
+    script = redis.register_script(LIVE_CONSUMERS_SCRIPT)
     return int(await script(keys=[presence_key], args=[alive_ms]))
 
 

@@ -132,6 +132,9 @@ class Settings:
     # Prometheus /metrics of the roles without an HTTP port of their own (the gateway serves /metrics on
     # GATEWAY_PORT). Each role gets its own port so `bidengine run` can start them side by side.
     metrics_host: str = "127.0.0.1"
+    # False: the hot paths record nothing per request or batch (every /metrics still answers, with the process
+    # metrics and the consumer-group state): to measure what the metrics cost, in the same run.
+    metrics_enabled: bool = True
     pricing_metrics_port: int = 9101
     audit_metrics_port: int = 9102
     monitor_metrics_port: int = 9103
