@@ -119,6 +119,15 @@ CONFIGURATIONS: tuple[Configuration, ...] = (
         compare_with="system",
         default=False,
     ),
+    # The audit agent reading its live stream as soon as anything is there (before AUDIT_READ_INTERVAL_MS).
+    Configuration(
+        "system-audit-eager",
+        "whole system, AUDIT_READ_INTERVAL_MS=0",
+        SYSTEM,
+        env={"AUDIT_READ_INTERVAL_MS": "0"},
+        compare_with="system",
+        default=False,
+    ),
     # The table layout: `--against REV` with a revision from before the partitioned layout runs that code on a
     # database its own migrations made (the unpartitioned table). A layout prepared for this tree's code would
     # be a row here with `prepare_database`.
