@@ -110,7 +110,8 @@ async def sizes(url: str) -> str:
     conn = await asyncpg.connect(url)
     try:
         tables = await conn.fetch(
-            f"SELECT relid FROM pg_partition_tree('{BIDS_TABLE}') UNION ALL"
+            f"SELECT relid FROM pg_partition_tree('{BIDS_TABLE}') UNION"
+            f" SELECT '{BIDS_TABLE}'::regclass UNION"
             f" SELECT to_regclass('{REQUEST_LEDGER}') WHERE to_regclass('{REQUEST_LEDGER}') IS NOT NULL"
         )
         heap = index = 0

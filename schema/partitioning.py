@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
+from typing import Any
 
-import psycopg
-from psycopg import errors
+from yoyo import get_backend
 
-from schema.database import BIDS_ID_SEQUENCE, BIDS_TABLE, REQUEST_LEDGER
+from schema.database import BIDS_ID_SEQUENCE, BIDS_TABLE, REQUEST_LEDGER, yoyo_url
 from schema.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ DEFAULT_PARTITION = f"{BIDS_TABLE}_default"
 MIRROR_TRIGGER = f"{BIDS_TABLE}_mirror"
 PARTITION_NAME = re.compile(rf"^{BIDS_TABLE}_p(\d{{8}})$")
 DAY = timedelta(days=1)
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock not granted within lock_timeout
 # The 7-day audit window plus one day of margin: how long a day's partition keeps its product_id index.
 PRODUCT_INDEX_DAYS = 8
 
@@ -131,13 +132,13 @@ class ConversionReport:
     swap_attempts: int
 
 
-def _relkind(conn: psycopg.Connection[tuple[object, ...]], table: str) -> str | None:
+def _relkind(conn: Any, table: str) -> str | None:
     row = conn.execute("SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass(%s)", (table,)).fetchone()
     return str(row[0]) if row else None
 
 
 def _with_lock_retries(
-    conn: psycopg.Connection[tuple[object, ...]],
+    conn: Any,
     statements: Callable[[], list[str]],
     *,
     lock_timeout_ms: int,
@@ -152,7 +153,9 @@ def _with_lock_retries(
                 for statement in statements():
                     conn.execute(statement)
             return attempt
-        except errors.LockNotAvailable:
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
             log.info("lock not granted within %d ms (attempt %d of %d); retrying", lock_timeout_ms, attempt, attempts)
             time.sleep(pause_s * attempt)
     raise TimeoutError(f"no lock within {lock_timeout_ms} ms in {attempts} attempts; run the migration again")
@@ -177,7 +180,11 @@ def convert_to_partitioned(
     Safe to run again at any point (idempotent); returns None when there is nothing to convert.
     """
     started = time.monotonic()
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    # The migration runner's own connection (psycopg, through yoyo), in autocommit: each step commits itself.
+    conn = get_backend(yoyo_url(database_url)).connection
+    conn.commit()  # whatever the backend ran on connecting
+    conn.autocommit = True
+    with conn:
         if _relkind(conn, BIDS_TABLE) != "r":
             _drop_leftovers(conn, lock_timeout_ms=lock_timeout_ms, attempts=swap_attempts)
             return None
@@ -243,7 +250,7 @@ def convert_to_partitioned(
     return report
 
 
-def _drop_leftovers(conn: psycopg.Connection[tuple[object, ...]], *, lock_timeout_ms: int, attempts: int) -> None:
+def _drop_leftovers(conn: Any, *, lock_timeout_ms: int, attempts: int) -> None:
     if _relkind(conn, LEGACY_TABLE) is not None:
         _with_lock_retries(
             conn,
@@ -254,7 +261,7 @@ def _drop_leftovers(conn: psycopg.Connection[tuple[object, ...]], *, lock_timeou
         )
 
 
-def _partition_days(conn: psycopg.Connection[tuple[object, ...]], parent: str) -> set[date]:
+def _partition_days(conn: Any, parent: str) -> set[date]:
     rows = conn.execute(PARTITIONS_SQL, (parent,)).fetchall()
     return {day for (name,) in rows if (day := partition_day(str(name))) is not None}
 
@@ -265,9 +272,7 @@ WHERE i.inhparent = to_regclass(%s) ORDER BY c.relname
 """
 
 
-def _create_partition(
-    conn: psycopg.Connection[tuple[object, ...]], parent: str, day: date, *, product_index: bool
-) -> None:
+def _create_partition(conn: Any, parent: str, day: date, *, product_index: bool) -> None:
     name = partition_name(day)
     with conn.transaction():
         for statement in standalone_day_table_sql(parent, name, day) + partition_indexes_sql(

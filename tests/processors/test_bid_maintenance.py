@@ -87,19 +87,13 @@ async def conn(db: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
 
 async def insert_at(db: asyncpg.Pool, moment: datetime, product_id: int = 1) -> int:
     """A bid stored at `moment` (a back-dated or future bid), with its ledger row, as the store writes them."""
-    async with db.acquire() as connection, connection.transaction():
-        bid_id: int = await connection.fetchval(
-            f"INSERT INTO {BIDS_TABLE} (product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_id)"
-            " VALUES ($1, 1.00, 100.0, 1.00, $2, gen_random_uuid()) RETURNING id",
-            product_id,
-            moment,
-        )
-        await connection.execute(
-            f"INSERT INTO {REQUEST_LEDGER} SELECT request_id, id, calculated_at FROM {BIDS_TABLE}"
-            " WHERE id = $1 AND calculated_at = $2",
-            bid_id,
-            moment,
-        )
+    # The table's statement trigger records the ledger row, as it does for any writer.
+    bid_id: int = await db.fetchval(
+        f"INSERT INTO {BIDS_TABLE} (product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_id)"
+        " VALUES ($1, 1.00, 100.0, 1.00, $2, gen_random_uuid()) RETURNING id",
+        product_id,
+        moment,
+    )
     return bid_id
 
 
