@@ -27,6 +27,7 @@ COPY monitor ./monitor
 COPY console ./console
 COPY schema ./schema
 COPY redis_streams ./redis_streams
+COPY telemetry ./telemetry
 COPY legacy ./legacy
 RUN pip wheel --wheel-dir /wheels .
 

@@ -283,11 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"bidengine {args.command}: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    # Every role logs JSON lines to stderr (telemetry/logs.py); the Faust workers are given the same set-up.
+    from telemetry.logs import configure
+
+    configure(settings.log_level)
     try:
         return COMMANDS[args.command].run(settings, args)
     except SettingsError as exc:

@@ -118,12 +118,45 @@ class Supervised:
             )
 
 
+# The environment variable of each role's metrics port (the gateway serves /metrics on GATEWAY_PORT).
+METRICS_PORT_VARIABLES = {
+    "pricing-agent": "PRICING_METRICS_PORT",
+    "audit-agent": "AUDIT_METRICS_PORT",
+    "monitor": "MONITOR_METRICS_PORT",
+}
+
+
+def metrics_ports(settings: Settings) -> dict[str, str]:
+    """A distinct metrics port for every role: the configured ones, a free port instead of any that another role
+    (or the gateway, the monitor's /health, the console) already uses."""
+    taken = {settings.gateway_port, settings.monitor_port, settings.console_port}
+    ports: dict[str, str] = {}
+    for variable in METRICS_PORT_VARIABLES.values():
+        port = getattr(settings, variable.lower())
+        if port in taken:
+            port = free_port()
+        taken.add(port)
+        ports[variable] = str(port)
+    return ports
+
+
+def metrics_urls(settings: Settings, env: dict[str, str], roles: tuple[str, ...]) -> dict[str, str]:
+    """Where each running role serves /metrics."""
+    urls = {}
+    if "gateway" in roles:
+        urls["gateway"] = f"http://{settings.gateway_host}:{settings.gateway_port}/metrics"
+    for role, variable in METRICS_PORT_VARIABLES.items():
+        if role in roles:
+            urls[role] = f"http://{settings.metrics_host}:{env[variable]}/metrics"
+    return urls
+
+
 def run_all(settings: Settings, roles: tuple[str, ...] = ROLES, *, fake_source: bool = False) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     with servers(settings.redis_url, settings.database_url) as (redis_url, database_url):
         applied = apply_migrations(database_url)
         log.info("migrations applied: %s", applied or "none pending")
-        env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url}
+        env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, **metrics_ports(settings)}
         supervised: list[Supervised] = []
         try:
             if fake_source:
@@ -138,6 +171,8 @@ def run_all(settings: Settings, roles: tuple[str, ...] = ROLES, *, fake_source: 
             for process in supervised:
                 process.start(now)
             log.info("gateway on http://%s:%d/api/bid/", settings.gateway_host, settings.gateway_port)
+            for role, url in metrics_urls(settings, env, roles).items():
+                log.info("%s metrics on %s", role, url)
             if "console" in roles:
                 log.info(
                     "console on http://%s:%d/ ; create its first user in another shell with: "

@@ -39,14 +39,19 @@ class BackendStatus:
     pricing_consumers: int | None = None  # live members of the pricing group; None: not known (Redis away)
 
     def problem(self, max_lag: int) -> str | None:
+        refusal = self.refusal(max_lag)
+        return None if refusal is None else refusal[1]
+
+    def refusal(self, max_lag: int) -> tuple[str, str] | None:
+        """Why bids are refused now: (the 503 counter's `reason`, the message), or None."""
         if not self.redis:
-            return "Redis is unreachable"
+            return "redis", "Redis is unreachable"
         if not self.postgres:
-            return "PostgreSQL is unreachable"
+            return "postgres", "PostgreSQL is unreachable"
         if self.pricing_consumers == 0:
-            return "no pricing agent is alive"
+            return "no_pricing_consumer", "no pricing agent is alive"
         if self.pricing_lag is not None and self.pricing_lag > max_lag:
-            return f"the pricing agents are {self.pricing_lag} bids behind"
+            return "pricing_lag", f"the pricing agents are {self.pricing_lag} bids behind"
         return None
 
 

@@ -47,6 +47,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from ingest.body import BodyIncomplete, BodyTimeout
 from ingest.errors import error_response, http_exception_response, parser_message, raw_error
+from ingest.metrics import GATEWAY_METRICS, GatewayMetrics
 from schema.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,33 @@ class EdgeLimits:
 class EdgeProtocol(RequestHandler):
     """One connection: aiohttp's protocol plus the times the sweep checks (see the module docstring)."""
 
-    __slots__ = ("_answered", "_body", "_body_since", "_eof", "_header_bytes", "_header_since", "_limits")
+    __slots__ = (
+        "_answered",
+        "_body",
+        "_body_since",
+        "_eof",
+        "_header_bytes",
+        "_header_since",
+        "_limits",
+        "_metrics",
+    )
 
-    def __init__(self, manager: EdgeServer, *, loop: asyncio.AbstractEventLoop, limits: EdgeLimits, **kwargs: Any):
+    def __init__(
+        self,
+        manager: EdgeServer,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        limits: EdgeLimits,
+        metrics: GatewayMetrics | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(manager, loop=loop, **kwargs)
         self._limits = limits
+        # Requests answered are recorded where aiohttp would write its access log (`log_access`, after the
+        # answer is written): aiohttp then reads the loop's clock when it starts a request, which is all the
+        # duration costs. None (METRICS_ENABLED=false): aiohttp reads no clock and nothing is recorded.
+        self._metrics = metrics
+        self._logging_enabled = metrics is not None
         self._header_since = 0.0  # when the first byte of unfinished headers arrived (0: none pending)
         self._header_bytes = 0
         self._body: StreamReader | None = None  # the body being received, if incomplete
@@ -105,6 +128,8 @@ class EdgeProtocol(RequestHandler):
             transport = cast(asyncio.Transport, transport)  # a stream transport (uvloop's is no subclass)
             transport.write(raw_error(503, "Service unavailable: too many connections to this gateway", retry))
             transport.close()
+            if self._metrics is not None:
+                self._metrics.refused_by_edge(503)
             return
         super().connection_made(transport)
 
@@ -138,7 +163,7 @@ class EdgeProtocol(RequestHandler):
             self._header_bytes += len(data)
             if self._header_bytes > self._limits.max_header_bytes:
                 message = f"Request headers are larger than {self._limits.max_header_bytes} bytes"
-                self._answer_and_close(raw_error(431, message))
+                self._answer_and_close(431, message)
 
     def eof_received(self) -> bool:  # type: ignore[override]  # asyncio's contract: True keeps the socket open
         if self._force_close or self._close:
@@ -218,7 +243,7 @@ class EdgeProtocol(RequestHandler):
                 self._body_timed_out(body)
         elif self._header_since and now - self._header_since >= self._limits.header_timeout_s:
             if self._idle():  # never write over the answer to an earlier request still being handled
-                self._answer_and_close(raw_error(408, "The request headers were not received in time"))
+                self._answer_and_close(408, "The request headers were not received in time")
         elif self._eof and self._idle():
             self.force_close()  # every answer is out and the client sends nothing more
 
@@ -257,10 +282,22 @@ class EdgeProtocol(RequestHandler):
         waiter = self._waiter
         return waiter is not None and not waiter.done() and not self._messages
 
-    def _answer_and_close(self, response: bytes) -> None:
+    def _answer_and_close(self, status: int, message: str) -> None:
         if self.transport is not None and self._idle():
-            self.transport.write(response)
+            self.transport.write(raw_error(status, message))
+            if self._metrics is not None:
+                self._metrics.refused_by_edge(status)
         self.force_close()
+
+    def log_access(self, request: web.BaseRequest, response: web.StreamResponse, time: float | None) -> None:
+        """aiohttp's access-log hook, once an answer is written: the request metrics (no access log is kept)."""
+        metrics = self._metrics
+        if metrics is not None and time is not None:
+            # A web.Request's routing result (its `match_info` property asserts one exists); None for a request
+            # the parser refused, or one answered before routing.
+            match_info = getattr(request, "_match_info", None)
+            resource = match_info.route.resource if match_info is not None else None
+            metrics.answered(resource, request.method, response.status, self._loop.time() - time)
 
 
 _base_data_received = RequestHandler.data_received
@@ -270,14 +307,17 @@ _base_finish_response = RequestHandler.finish_response
 class EdgeServer(web.Server):
     """aiohttp's `Server` making `EdgeProtocol`s, with the connection cap and the deadline sweep."""
 
-    def __init__(self, handler: Handler, *, limits: EdgeLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: Handler, *, limits: EdgeLimits, metrics: GatewayMetrics | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.limits = limits
+        self.metrics = metrics
         self._closed = False
         self._sweeper = self._loop.call_later(limits.sweep_interval_s, self._sweep)
 
     def __call__(self) -> EdgeProtocol:
-        return EdgeProtocol(self, loop=self._loop, limits=self.limits, **self._kwargs)
+        return EdgeProtocol(self, loop=self._loop, limits=self.limits, metrics=self.metrics, **self._kwargs)
 
     def full(self) -> bool:
         return len(self._connections) >= self.limits.max_connections
@@ -308,6 +348,8 @@ class EdgeRunner(web.AppRunner):
     def __init__(self, app: web.Application, settings: Settings, **kwargs: Any) -> None:
         super().__init__(app, access_log=None, **kwargs)  # one log line per bid would cost more than the bid
         self.limits = EdgeLimits.from_settings(settings)
+        metrics = app.get(GATEWAY_METRICS)
+        self.metrics = metrics if metrics is not None and metrics.enabled else None
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # starts the application; its handler and request factory
@@ -316,6 +358,7 @@ class EdgeRunner(web.AppRunner):
             request_factory=plain.request_factory,
             loop=asyncio.get_running_loop(),
             limits=self.limits,
+            metrics=self.metrics,
             # A handler runs to its end when the client goes away: a bid it published is stored and a
             # retry with the same Idempotency-Key finds it; cancelling it half-way would gain nothing.
             handler_cancellation=False,

@@ -3,6 +3,10 @@
 One `GatewayMetrics` per gateway process, on a registry of its own (tests build as many as they like). Label
 values are bounded: the route is the matched route template (or `other`), never the raw path; no product id or
 request id is ever a label.
+
+The per-request families (requests, their duration, the reply wait) are `telemetry.metrics` hot-path metrics,
+updated without a lock or a label lookup: the edge records each answer once it is written
+(`ingest.edge.EdgeProtocol.log_access`), the reply router each reply's wait. The rest are prometheus-client's.
 """
 
 from __future__ import annotations
@@ -10,17 +14,9 @@ from __future__ import annotations
 from typing import Final
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from telemetry.metrics import CounterChild, HistogramChild, HotMetrics, role_registry
 
 # A bid takes a few milliseconds end to end (docs/benchmarks.md: p50 ~5 ms, p99 ~13 ms under load); finer
 # buckets from 1 to 50 ms place the p50/p99 precisely, the tail up to REPLY_TIMEOUT_S (5 s) shows the 504s.
@@ -51,49 +47,60 @@ OTHER_ROUTE: Final = "other"
 # The legacy spelling without the trailing slash is the same route.
 ROUTE_ALIASES: Final = {"/api/bid": "/api/bid/"}
 
-# Why a bid was answered 503 (the `reason` label of bidengine_gateway_unavailable_total).
-UNAVAILABLE_REASONS: Final = ("redis", "postgres", "pricing_lag", "in_flight", "no_pricing_consumer", "publish_failed")
+# The `method` label: the methods HTTP defines; any other token a client sends is counted as OTHER_METHOD.
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+OTHER_METHOD: Final = "other"
 
+# Why a request was answered 503 (the `reason` label of bidengine_gateway_unavailable_total): a backend
+# unreachable, the pricing agents too far behind, too many bids in flight here, no pricing agent alive, the XADD
+# refused; `connections`: MAX_CONNECTIONS connections open, answered by the edge before any request is read.
+UNAVAILABLE_REASONS: Final = (
+    "redis",
+    "postgres",
+    "pricing_lag",
+    "in_flight",
+    "no_pricing_consumer",
+    "publish_failed",
+    "connections",
+)
 
-def role_registry() -> CollectorRegistry:
-    """A registry with the process, platform and garbage-collector metrics every role exposes."""
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    return registry
+GATEWAY_METRICS: web.AppKey[GatewayMetrics] = web.AppKey("gateway_metrics")
 
 
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """The gateway's registry. `enabled` False (METRICS_ENABLED=false): the per-request metrics are not recorded
+    (the edge installs no recorder, the handler and the reply router skip their updates); `/metrics` still
+    answers, with the process metrics and whatever is recorded off the hot path."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, enabled: bool = True) -> None:
         self.registry = registry if registry is not None else role_registry()
-        self.http_requests = Counter(
+        self.enabled = enabled
+        hot = HotMetrics()
+        self.http_requests = hot.counter(
             "bidengine_http_requests",
             "HTTP requests answered by the gateway, by route template, method and status code.",
             ("route", "method", "status"),
-            registry=self.registry,
         )
-        self.http_request_duration = Histogram(
+        self.http_request_duration = hot.histogram(
             "bidengine_http_request_duration_seconds",
             "Time from the request's arrival to its answer, by route template.",
             ("route",),
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
         )
+        self.reply_wait = hot.histogram(
+            "bidengine_gateway_reply_wait_seconds",
+            "Time from publishing a bid on bids:requests to its reply (or to the reply timeout).",
+            buckets=LATENCY_BUCKETS,
+        ).labels()
+        self.registry.register(hot)
         self.bids_in_flight = Gauge(
             "bidengine_gateway_bids_in_flight",
             "Bids published by this gateway and waiting for the pricing agent's reply.",
             registry=self.registry,
         )
-        self.reply_wait = Histogram(
-            "bidengine_gateway_reply_wait_seconds",
-            "Time from publishing a bid on bids:requests to its reply (or to the reply timeout).",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
         self.unavailable = Counter(
             "bidengine_gateway_unavailable",
-            "Bids answered 503 (with Retry-After), by reason.",
+            "Requests answered 503 (with Retry-After), by reason.",
             ("reason",),
             registry=self.registry,
         )
@@ -102,8 +109,37 @@ class GatewayMetrics:
             "Bids answered 504: accepted but not confirmed within REPLY_TIMEOUT_S.",
             registry=self.registry,
         )
-        for reason in UNAVAILABLE_REASONS:  # every reason is a series from the start: rate() sees the first 503
-            self.unavailable.labels(reason)
+        # Every reason is a series from the start (rate() sees the first 503), bound once.
+        self.unavailable_by_reason = {reason: self.unavailable.labels(reason) for reason in UNAVAILABLE_REASONS}
+        self._answered: dict[tuple[object, str, int], tuple[CounterChild, HistogramChild]] = {}
+        self._refused: dict[int, CounterChild] = {}
+
+    def answered(self, resource: object, method: str, status: int, seconds: float) -> None:
+        """One request answered (the edge calls it once the answer is written). `resource` is aiohttp's matched
+        resource (None for a path no route matched, or a request the parser refused)."""
+        if method not in METHODS:
+            method = OTHER_METHOD
+        children = self._answered.get((resource, method, status))
+        if children is None:
+            children = self._bind(resource, method, status)
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _bind(self, resource: object, method: str, status: int) -> tuple[CounterChild, HistogramChild]:
+        route = self.route_label(getattr(resource, "canonical", None))
+        children = (self.http_requests.labels(route, method, str(status)), self.http_request_duration.labels(route))
+        self._answered[(resource, method, status)] = children
+        return children
+
+    def refused_by_edge(self, status: int) -> None:
+        """An answer the edge wrote itself before any request existed (408, 431, 503 for too many connections):
+        counted as route and method `other`; no duration (no request started)."""
+        child = self._refused.get(status)
+        if child is None:
+            child = self._refused[status] = self.http_requests.labels(OTHER_ROUTE, OTHER_METHOD, str(status))
+        child.inc()
+        if status == 503:
+            self.unavailable_by_reason["connections"].inc()
 
     @staticmethod
     def route_label(template: str | None) -> str:

@@ -9,23 +9,12 @@ from __future__ import annotations
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 
-from monitor.health import PollOutcome
+from monitor.health import PollOutcome, PollReport
+from telemetry.metrics import role_registry
 
 # A poll fetches a few pages (each bounded by MONITOR_TIMEOUT_S, 10 s, with retries) and writes one transaction.
 POLL_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-
-
-def role_registry() -> CollectorRegistry:
-    """A registry with the process, platform and garbage-collector metrics every role exposes."""
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    return registry
 
 
 class MonitorMetrics:
@@ -58,5 +47,13 @@ class MonitorMetrics:
             "Unix time at which the last successful poll finished (0 until the first one).",
             registry=self.registry,
         )
-        for outcome in PollOutcome:
-            self.polls.labels(outcome.value)
+        self.polls_by_outcome = {outcome: self.polls.labels(outcome.value) for outcome in PollOutcome}
+
+    def record(self, report: PollReport, finished_at: float) -> None:
+        """One poll finished (`finished_at`: Unix time)."""
+        self.polls_by_outcome[report.outcome].inc()
+        self.poll_duration.observe(report.duration_s)
+        self.items_published.inc(report.items_published)
+        self.items_rejected.inc(report.items_rejected)
+        if report.succeeded:
+            self.last_success.set(finished_at)

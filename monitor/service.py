@@ -24,11 +24,12 @@ from redis.exceptions import RedisError
 from monitor.client import FetchError, ProductsClient
 from monitor.health import PollHistory, PollOutcome, PollReport
 from monitor.http import build_app
-from monitor.logs import configure_logging
+from monitor.metrics import MonitorMetrics
 from monitor.publisher import publish
 from monitor.upstream import normalize
 from redis_streams.client import connect
 from schema.settings import RedisSettings, Settings
+from telemetry.metrics import RETRY_BIND_S, MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ class Monitor:
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         backoff_base_s: float = 0.5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: MonitorMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self.metrics = metrics
         self._redis = redis
         self._clock = clock
         self._wall_clock = wall_clock
@@ -139,6 +142,8 @@ class Monitor:
 
     def _finish(self, report: PollReport) -> PollReport:
         self.history.record(report, self._clock())
+        if self.metrics is not None:
+            self.metrics.record(report, self._wall_clock().timestamp())
         level = logging.INFO if report.succeeded else logging.WARNING
         log.log(level, "poll finished", extra={"event": "poll", **report.as_json()})
         return report
@@ -166,12 +171,12 @@ class Monitor:
                     await stop.wait()
 
 
-async def serve(settings: RedisSettings, stop: asyncio.Event) -> None:
+async def serve(settings: RedisSettings, stop: asyncio.Event, metrics: MonitorMetrics | None = None) -> None:
     """Run the poll loop and the HTTP server until `stop` is set, then release everything."""
     redis = connect_redis(settings.redis_url, settings)
     try:
         async with aiohttp.ClientSession() as session:
-            monitor = Monitor(settings, redis, session)
+            monitor = Monitor(settings, redis, session, metrics=metrics)
             app = build_app(monitor.redis, monitor.history, stale_after_s=monitor.stale_after_s)
             runner = web.AppRunner(app, access_log=None)  # probes every few seconds would drown the log
             await runner.setup()
@@ -194,12 +199,25 @@ async def serve(settings: RedisSettings, stop: asyncio.Event) -> None:
     log.info("monitor stopped", extra={"event": "stopped"})
 
 
-async def _serve_until_signalled(settings: RedisSettings) -> None:
+async def _serve_until_signalled(settings: RedisSettings, metrics: MonitorMetrics, endpoint: MetricsEndpoint) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _request_stop, stop, signum)
-    await serve(settings, stop)
+    serving = asyncio.create_task(_serve_metrics(endpoint, stop))
+    try:
+        await serve(settings, stop, metrics)
+    finally:
+        serving.cancel()
+        endpoint.close()
+
+
+async def _serve_metrics(endpoint: MetricsEndpoint, stop: asyncio.Event) -> None:
+    """Bind the metrics port, trying again while it is taken (the monitor polls on meanwhile)."""
+    while not stop.is_set() and not endpoint.bind():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RETRY_BIND_S):
+                await stop.wait()
 
 
 def _request_stop(stop: asyncio.Event, signum: int) -> None:
@@ -208,10 +226,15 @@ def _request_stop(stop: asyncio.Event, signum: int) -> None:
 
 
 def main(settings: RedisSettings) -> int:
-    """Entry point of `bidengine monitor`: runs until SIGTERM/SIGINT, then returns 0."""
-    configure_logging(settings.log_level)
+    """Entry point of `bidengine monitor`: runs until SIGTERM/SIGINT, then returns 0. Its metrics are served on
+    MONITOR_METRICS_PORT by prometheus-client's thread (`telemetry.metrics`), next to /health on MONITOR_PORT.
+
+    A poll runs every few minutes, so METRICS_ENABLED=false changes nothing here: the poll metrics are recorded.
+    A metrics port that is taken does not stop the monitor: it is tried again every RETRY_BIND_S."""
+    metrics = MonitorMetrics()
+    endpoint = MetricsEndpoint(metrics.registry, settings.metrics_host, settings.monitor_metrics_port, role="monitor")
     try:
-        asyncio.run(_serve_until_signalled(settings))
+        asyncio.run(_serve_until_signalled(settings, metrics, endpoint))
     except OSError as exc:
         # Typically the HTTP port is taken; nothing was published, so a plain failure exit is right.
         log.error("monitor could not start", extra={"event": "start_failed", "error": str(exc)})

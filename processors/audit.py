@@ -25,10 +25,12 @@ from datetime import UTC, datetime, timedelta
 from redis import asyncio as aioredis
 
 from processors.audit_store import AuditStore, Recording
+from processors.metrics import AuditMetrics
 from redis_streams.groups import Batch, StreamEntry
 from schema.audit import MAX_EVENT_AGE_DAYS, audited_bid, flag_values
 from schema.events import EventDecodeError
 from schema.keys import BIDS_PRICED
+from telemetry.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,13 @@ async def audit_batch(
             bid = audited_bid(entry.fields)
         except EventDecodeError as exc:
             invalid += 1
-            log.error("skipping undecodable %s entry %s: %s", BIDS_PRICED, entry.id, exc)
+            log.error(
+                "skipping undecodable %s entry %s: %s",
+                BIDS_PRICED,
+                entry.id,
+                exc,
+                extra={REQUEST_ID: entry.fields.get("request_id")},
+            )
             continue
         bid_id, _, product_id, current, _, adjusted, _, day, _ = bid
         if day < oldest_day:  # ISO dates order as strings
@@ -89,11 +97,20 @@ async def audit_batch(
 class AuditHandler:
     """Reviews a batch from the audit group and acknowledges it in the same script (the bridge then does not)."""
 
-    def __init__(self, redis: aioredis.Redis, *, flags_maxlen: int) -> None:
+    def __init__(self, redis: aioredis.Redis, *, flags_maxlen: int, metrics: AuditMetrics | None = None) -> None:
         self.store = AuditStore(redis, flags_maxlen=flags_maxlen)
+        self.metrics = metrics  # None: nothing recorded (METRICS_ENABLED=false, or a test)
 
     async def __call__(self, batch: Batch) -> None:
         result = await audit_batch(batch, store=self.store, acknowledge=batch)
         batch.mark_acknowledged()
+        metrics = self.metrics
+        if metrics is not None:
+            if result.counted:
+                metrics.bids_reviewed.inc(result.counted)
+            if result.flagged:
+                metrics.bids_flagged.inc(result.flagged)
+            if result.duplicates:
+                metrics.duplicates_skipped.inc(result.duplicates)
         if result.flagged:
             log.info("audit: %d bids reviewed, %d flagged", result.counted, result.flagged)

@@ -57,9 +57,11 @@ from redis import asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from processors.heartbeat import Heartbeat
+from processors.metrics import StreamConsumerMetrics
 from processors.transient import is_transient as default_is_transient
 from redis_streams.groups import Batch, GroupConfig, GroupReader, StreamEntry
 from redis_streams.retry import Outage, TransientCheck, describe, retry
+from telemetry.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +83,13 @@ class GroupSource(mode.Service):
         *,
         heartbeat: Heartbeat,
         is_transient: TransientCheck = default_is_transient,
+        metrics: StreamConsumerMetrics | None = None,
         **kwargs: Any,
     ) -> None:
         self.reader = reader
         self.channel = channel
         self.heartbeat = heartbeat
+        self.metrics = metrics
         self.is_transient = is_transient
         cfg = reader.config
         self._read_outage = Outage(
@@ -132,6 +136,8 @@ class GroupSource(mode.Service):
             just_recreated = False
             self._read_outage.recovered()
             if batch:
+                if batch.redelivered and self.metrics is not None:
+                    self.metrics.redelivered_entries.inc(len(batch))
                 # Nothing may fail between the read and this: a batch read is tracked as ours until handled.
                 await self.channel.send(value=batch)
             self.heartbeat.beat()
@@ -173,6 +179,8 @@ class GroupSource(mode.Service):
             self._reclaim_outage.recovered()
             if claimed:
                 log.warning("reclaimed %d entries of %s from stalled consumers", len(claimed), cfg.stream)
+                if self.metrics is not None:
+                    self.metrics.reclaimed_entries.inc(len(claimed))
                 await self.channel.send(value=claimed)
 
 
@@ -187,9 +195,11 @@ class BatchRunner:
         heartbeat: Heartbeat,
         is_transient: TransientCheck = default_is_transient,
         name: str = "handler",
+        metrics: StreamConsumerMetrics | None = None,
     ) -> None:
         self.reader = reader
         self.handler = handler
+        self.metrics = metrics
         self.heartbeat = heartbeat
         self.is_transient = is_transient
         cfg = reader.config
@@ -214,8 +224,17 @@ class BatchRunner:
     async def isolate(self, batch: Batch) -> list[tuple[StreamEntry, BaseException]]:
         """Handle and acknowledge what succeeds; return the entries that fail on their own, with their errors."""
         failure: Exception | None = None
+        attempts = 0
+
+        async def handle() -> None:
+            nonlocal attempts
+            if attempts and self.metrics is not None:  # handed to the handler again after it failed (an outage)
+                self.metrics.redelivered_entries.inc(len(batch))
+            attempts += 1
+            await self.handler(batch)
+
         try:
-            await self._retry(self.handling, lambda: self.handler(batch))
+            await self._retry(self.handling, handle)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -232,6 +251,8 @@ class BatchRunner:
             batch.stream,
             describe(failure),
         )
+        if self.metrics is not None:  # every entry of the batch goes to the handler again, in one half or the other
+            self.metrics.redelivered_entries.inc(len(batch))
         middle = len(batch) // 2
         failed: list[tuple[StreamEntry, BaseException]] = []
         for half in (batch[:middle], batch[middle:]):
@@ -278,9 +299,12 @@ class BatchRunner:
         for entry, exc in failed:
             deliveries = counts.get(entry.id)
             reason = describe(exc)[:MAX_REASON_CHARS]
+            about = {REQUEST_ID: entry.fields.get("request_id")}  # the bid's, in both agents' streams
             if deliveries is None:
                 # No longer pending: the group was recreated (Redis restarted empty) or the entry was trimmed.
-                log.warning("entry %s of %s failed and is no longer pending: %s", entry.id, cfg.stream, reason)
+                log.warning(
+                    "entry %s of %s failed and is no longer pending: %s", entry.id, cfg.stream, reason, extra=about
+                )
                 self.reader.forget([entry])
             elif deliveries >= cfg.max_deliveries:
                 log.error(
@@ -292,9 +316,12 @@ class BatchRunner:
                     cfg.max_deliveries,
                     reason,
                     exc_info=exc,
+                    extra=about,
                 )
                 try:
                     await self.reader.bury(entry, reason=reason, deliveries=deliveries)
+                    if self.metrics is not None:
+                        self.metrics.dead_letter.inc()
                 except asyncio.CancelledError:
                     raise
                 except Exception as bury_exc:
@@ -302,6 +329,7 @@ class BatchRunner:
                         "dead-lettering %s failed (%s); it stays pending and is delivered again",
                         entry.id,
                         describe(bury_exc),
+                        extra=about,
                     )
                     self.reader.forget([entry])
             else:
@@ -315,6 +343,7 @@ class BatchRunner:
                     reason,
                     cfg.claim_idle_ms,
                     exc_info=exc if deliveries == 1 else None,
+                    extra=about,
                 )
                 self.reader.forget([entry])
 
@@ -341,6 +370,7 @@ def group_agent(
     name: str,
     heartbeat: Heartbeat | None = None,
     is_transient: TransientCheck = default_is_transient,
+    metrics: StreamConsumerMetrics | None = None,
 ) -> GroupSource:
     """Register a Faust agent that handles batches of `config.stream` read through `config.group`.
 
@@ -360,12 +390,13 @@ def group_agent(
             heartbeat=beat,
             is_transient=is_transient,
             name="handler" if config.concurrency == 1 else f"handler {actor}",
+            metrics=metrics,
         )
         async for batch in batches:
             await runner.run(batch)
 
     agent.__name__ = agent.__qualname__ = name
     app.agent(channel, name=name, concurrency=config.concurrency)(agent)
-    source = GroupSource(reader, channel, heartbeat=beat, is_transient=is_transient)
+    source = GroupSource(reader, channel, heartbeat=beat, is_transient=is_transient, metrics=metrics)
     app.service(source)  # type: ignore[arg-type]  # Faust accepts instances; its annotation says class.
     return source

@@ -1,23 +1,28 @@
 """The agents' Prometheus metrics (catalogue: docs/metrics.md).
 
-Each agent process builds one registry (`pricing_registry()` / `audit_registry()`), served on its own metrics
+Each agent process builds one registry (`PricingMetrics` / `AuditMetrics`), served on its own metrics
 port (PRICING_METRICS_PORT, AUDIT_METRICS_PORT on METRICS_HOST) by prometheus-client's HTTP server thread, so
 a scrape never runs on the event loop. Both agents read a consumer group through the same bridge, so the
 bridge's metrics (`StreamConsumerMetrics`) are in both registries; the consumer-group state every agent also
-exposes is collected from Redis at scrape time (`processors.group_metrics`). Label values are bounded: stream
-and group names, outcomes; never a product id or request id.
+exposes is collected from Redis at scrape time (`redis_streams.metrics`). Everything here is recorded once per
+batch, not per bid, so prometheus-client's own (locked) metrics cost nothing that matters. Label values are
+bounded: stream and group names, outcomes; never a product id or request id.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import contextlib
+from collections.abc import Iterable
+from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 
 from schema import keys
+from telemetry.metrics import role_registry
 
 # Bids per batch: from a lone bid on a quiet stream up to PRICING_BATCH_SIZE (1000 by default) and beyond.
 BATCH_SIZE_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -32,15 +37,6 @@ REPLY_OUTCOMES: Final = ("stored", "replayed", "conflict", "rejected")
 # Stream/group pairs and dead-letter streams of each agent, so their series exist (at 0) from the start.
 PRICING_GROUP: Final = (keys.BID_REQUESTS, keys.PRICING_GROUP)
 AUDIT_GROUP: Final = (keys.BIDS_PRICED, keys.AUDIT_GROUP)
-
-
-def role_registry() -> CollectorRegistry:
-    """A registry with the process, platform and garbage-collector metrics every role exposes."""
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    return registry
 
 
 class StreamConsumerMetrics:
@@ -66,9 +62,10 @@ class StreamConsumerMetrics:
             ("stream",),
             registry=registry,
         )
-        self.reclaimed.labels(*group)
-        self.redeliveries.labels(*group)
-        self.dead_letters.labels(dead_letter_stream)
+        # This process reads one group and writes one dead-letter stream: its children, bound once.
+        self.reclaimed_entries = self.reclaimed.labels(*group)
+        self.redelivered_entries = self.redeliveries.labels(*group)
+        self.dead_letter = self.dead_letters.labels(dead_letter_stream)
 
 
 class PricingMetrics:
@@ -100,12 +97,45 @@ class PricingMetrics:
             ("outcome",),
             registry=self.registry,
         )
-        for outcome in REPLY_OUTCOMES:
-            self.replies.labels(outcome)
+        self.replies_by_outcome = {outcome: self.replies.labels(outcome) for outcome in REPLY_OUTCOMES}
+
+
+class LastReportCollector(Collector):
+    """The time of the newest daily budget audit: the id (ms) of the newest `audit:reports` entry, read from Redis
+    when Prometheus scrapes (in the metrics server's thread), so no restart and no other audit agent's run is
+    missed. 0 when none was ever published; no sample while Redis does not answer (`bidengine_stream_state_up`
+    says so)."""
+
+    def __init__(self, client: redis.Redis | None) -> None:
+        self.client = client
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]  # registering must not query Redis
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        if self.client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                newest: Any = self.client.xrevrange(keys.AUDIT_REPORTS, count=1)
+                family.add_metric((), int(str(newest[0][0]).split("-")[0]) / 1000 if newest else 0)
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "bidengine_audit_report_last_success_timestamp_seconds",
+            "Unix time of the newest daily budget audit published to audit:reports (0 when none ever was).",
+        )
 
 
 class AuditMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None, *, dead_letter_stream: str) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        dead_letter_stream: str = keys.AUDIT_DEAD_LETTER,
+        reports_client: redis.Redis | None = None,
+    ) -> None:
         self.registry = registry if registry is not None else role_registry()
         self.stream = StreamConsumerMetrics(self.registry, group=AUDIT_GROUP, dead_letter_stream=dead_letter_stream)
         self.bids_reviewed = Counter(
@@ -123,9 +153,4 @@ class AuditMetrics:
             "bids:priced entries skipped because the bid was already reviewed (redelivery).",
             registry=self.registry,
         )
-        self.report_last_success = Gauge(
-            "bidengine_audit_report_last_success_timestamp_seconds",
-            "Unix time of the newest daily budget audit published to audit:reports (read from Redis at start, "
-            "so a restart does not reset it; 0 when none was ever published).",
-            registry=self.registry,
-        )
+        self.registry.register(LastReportCollector(reports_client))

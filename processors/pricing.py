@@ -29,13 +29,15 @@ import asyncpg
 from redis import asyncio as aioredis
 
 from legacy import calculate_adjusted_cpc
+from processors.metrics import REPLY_OUTCOMES, PricingMetrics
 from redis_streams.groups import Batch, StreamEntry
 from redis_streams.pipe import Command, execute_packed, xadd
 from schema import keys
 from schema.database import BIDS_ID_SEQUENCE, BIDS_TABLE, REQUEST_LEDGER
-from schema.events import BidReply, BidRequested, DeadLetter, EventDecodeError, PricedBid, encode_replies, money
+from schema.events import BidReply, BidRequested, DeadLetter, EventDecodeError, PricedBid, encode_replies
 from schema.idempotency import request_fingerprint
 from schema.settings import Settings
+from telemetry.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +71,11 @@ WITH input AS (
     FROM claimed c JOIN input i USING (request_id)
     RETURNING id, request_id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_fingerprint
 )
-SELECT id, request_id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_fingerprint
+SELECT id, request_id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_fingerprint,
+       true AS inserted
 FROM inserted
 UNION ALL
-SELECT l.bid_id, l.request_id, NULL, NULL, NULL, NULL, l.calculated_at, NULL
+SELECT l.bid_id, l.request_id, NULL, NULL, NULL, NULL, l.calculated_at, NULL, false
 FROM {REQUEST_LEDGER} l JOIN input USING (request_id)
 """
 
@@ -80,7 +83,7 @@ FROM {REQUEST_LEDGER} l JOIN input USING (request_id)
 # is pruned to its bid's partition at execution time.
 STORED_BIDS_SQL = f"""
 SELECT b.id, b.request_id, b.product_id, b.current_cpc, b.target_roas, b.adjusted_cpc, b.calculated_at,
-       b.request_fingerprint
+       b.request_fingerprint, false AS inserted
 FROM unnest($1::bigint[], $2::timestamptz[]) AS t(bid_id, calculated_at)
 CROSS JOIN LATERAL (
     SELECT * FROM {BIDS_TABLE} b WHERE b.id = t.bid_id AND b.calculated_at = t.calculated_at
@@ -113,6 +116,7 @@ class PricedRequest:
 class StoredRow:
     bid: PricedBid
     request_fingerprint: int | None  # None: stored before fingerprints existed
+    inserted: bool = False  # stored by this batch's statement (else: earlier, or by another agent meanwhile)
 
 
 def _stored_row(row: asyncpg.Record) -> StoredRow:
@@ -129,7 +133,7 @@ def _stored_row(row: asyncpg.Record) -> StoredRow:
         adjusted_cpc=adjusted_cpc,
         calculated_at=calculated_at,
     )
-    return StoredRow(bid, row["request_fingerprint"])
+    return StoredRow(bid, row["request_fingerprint"], bool(row.get("inserted", False)))
 
 
 def _by_request_id(rows: Iterable[asyncpg.Record]) -> dict[str, StoredRow]:
@@ -146,7 +150,9 @@ class PricingHandler:
         *,
         reply_stream_maxlen: int,
         reply_stream_ttl_s: int = Settings.reply_stream_ttl_s,
+        metrics: PricingMetrics | None = None,
     ) -> None:
+        self.metrics = metrics  # None: nothing recorded (METRICS_ENABLED=false, or a test)
         self.pool = pool
         self.redis = redis
         self.reply_stream_maxlen = reply_stream_maxlen
@@ -155,19 +161,33 @@ class PricingHandler:
     async def __call__(self, batch: Batch) -> None:
         started = time.perf_counter()
         priced, dead = self._price(batch)
+        store_started = time.perf_counter()
         try:
             stored = await self._store(priced) if priced else {}
+            stored_at = time.perf_counter()
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
             # One row the gateway should have refused must not block the stream: store row by row and
             # dead-letter the ones PostgreSQL rejects. Connection errors are not caught: the batch is retried.
             log.exception("batch insert rejected by PostgreSQL; storing its %d rows one by one", len(priced))
             stored, rejected = await self._store_one_by_one(priced)
+            stored_at = time.perf_counter()
             dead.extend(rejected)
             rejected_entries = {entry.id for entry, _, _ in rejected}
             priced = [p for p in priced if p.entry.id not in rejected_entries]
         same = await self._same_requests(priced, stored)
-        await self._publish(priced, stored, same, dead, ack=batch.ack_command())
+        outcomes = await self._publish(priced, stored, same, dead, ack=batch.ack_command())
         batch.mark_acknowledged()
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.batches.inc()
+            metrics.batch_size.observe(len(batch))
+            if priced:
+                metrics.store_duration.observe(stored_at - store_started)
+            for outcome, count in zip(REPLY_OUTCOMES, outcomes, strict=True):
+                if count:
+                    metrics.replies_by_outcome[outcome].inc(count)
+            if dead:
+                metrics.stream.dead_letter.inc(len(dead))
         log.debug("batch of %d priced in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
 
     def _price(self, batch: Batch) -> tuple[list[PricedRequest], list[tuple[StreamEntry, str, BidRequested | None]]]:
@@ -279,10 +299,12 @@ class PricingHandler:
         dead: Sequence[tuple[StreamEntry, str, BidRequested | None]],
         *,
         ack: Command,
-    ) -> None:
+    ) -> tuple[int, int, int, int]:
+        """Reply, publish and acknowledge; returns the replies by outcome, in `REPLY_OUTCOMES` order."""
+        stored_now = replayed = conflicts = rejected = 0
         replies: dict[str, list[BidReply]] = defaultdict(list)
         commands: list[Command] = []
-        published: set[int] = set()
+        published: dict[int, dict[str, str]] = {}  # bid id -> its bids:priced fields
         for request, same_request in zip(priced, same, strict=True):
             bid = stored[request.event.request_id].bid
             if not same_request:
@@ -291,19 +313,31 @@ class PricingHandler:
                 replies[request.event.reply_to].append(
                     BidReply(request.event.reply_id, error=BidReply.IDEMPOTENCY_CONFLICT)
                 )
+                conflicts += 1
                 continue
-            replies[request.event.reply_to].append(
-                BidReply(request.event.reply_id, bid.bid_id, money(bid.adjusted_cpc))
-            )
-            if bid.bid_id not in published:
-                published.add(bid.bid_id)
-                commands.append(xadd(keys.BIDS_PRICED, bid.to_fields()))
+            fields = published.get(bid.bid_id)
+            first_answer = fields is None
+            if fields is None:
+                fields = published[bid.bid_id] = bid.to_fields()
+                commands.append(xadd(keys.BIDS_PRICED, fields))
+            # The reply carries the price as published (money(adjusted_cpc)), formatted once.
+            replies[request.event.reply_to].append(BidReply(request.event.reply_id, bid.bid_id, fields["adjusted_cpc"]))
+            if first_answer and stored[request.event.request_id].inserted:
+                stored_now += 1
+            else:
+                replayed += 1
         for entry, reason, event in dead:
-            log.error("dead-lettering %s: %s", entry.id, reason)
+            log.error(
+                "dead-lettering %s: %s",
+                entry.id,
+                reason,
+                extra={REQUEST_ID: event.request_id if event is not None else entry.fields.get("request_id")},
+            )
             dead_letter = DeadLetter(entry.id, keys.BID_REQUESTS, reason, entry.fields, group=keys.PRICING_GROUP)
             commands.append(xadd(keys.BIDS_DEAD_LETTER, dead_letter.to_fields()))
             if event is not None:
                 replies[event.reply_to].append(BidReply(event.reply_id, error=BidReply.REJECTED))
+                rejected += 1
         for reply_to, answers in replies.items():
             commands.append(xadd(reply_to, encode_replies(answers), maxlen=self.reply_stream_maxlen))
             # A late reply to a gateway that died re-creates its expired stream: give it the gateway's expiry again.
@@ -312,3 +346,4 @@ class PricingHandler:
         # MULTI/EXEC: the replies, the priced events and the acknowledgement happen together or not at all,
         # so a crash after the commit redelivers the batch without having published any of it.
         await execute_packed(self.redis, commands, transaction=True)
+        return stored_now, replayed, conflicts, rejected

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TextIO
 import asyncpg
 import faust
 import mode
+from prometheus_client import CollectorRegistry
 from redis import asyncio as aioredis
 
 from processors.app import StreamsApp, create_app
@@ -26,15 +27,44 @@ from processors.audit_report import run_scheduled_report
 from processors.bid_maintenance import run_maintenance
 from processors.bridge import group_agent
 from processors.heartbeat import Heartbeat, heartbeat_path
+from processors.metrics import AuditMetrics, PricingMetrics
 from processors.pricing import PricingHandler
 from processors.transient import is_transient
 from redis_streams.client import connect
 from redis_streams.groups import Batch, GroupConfig, default_consumer_name, trim_processed
+from redis_streams.metrics import GroupStateCollector
+from redis_streams.metrics import connect as connect_collector
 from redis_streams.retry import Backoff, Outage, describe, retry
 from schema import keys
 from schema.settings import ServerSettings, Settings
+from telemetry.logs import dict_config
+from telemetry.metrics import RETRY_BIND_S, MetricsEndpoint
 
 log = logging.getLogger(__name__)
+
+
+class MetricsServer(mode.Service):
+    """Serves a registry at /metrics on its own port while the worker runs (`telemetry.metrics`: a thread of
+    prometheus-client's, so a scrape never runs on the worker's event loop). A port that is taken never stops
+    the worker: it is tried again in the background."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int, *, role: str, **kwargs: Any) -> None:
+        self.endpoint = MetricsEndpoint(registry, host, port, role=role)
+        super().__init__(**kwargs)
+
+    @mode.Service.task
+    async def _serve(self) -> None:
+        while not self.should_stop and not self.endpoint.bind():
+            await self.sleep(RETRY_BIND_S)
+
+    async def on_stop(self) -> None:
+        self.endpoint.close()
+
+
+def watch_groups(registry: CollectorRegistry, settings: ServerSettings) -> None:
+    """Every consumer group's lag, pending entries, live consumers and the dead-letter lengths, read from Redis
+    at scrape time (`redis_streams.metrics`), in `registry`."""
+    registry.register(GroupStateCollector(connect_collector(settings.redis_url), alive_ms=settings.consumer_alive_ms))
 
 
 class PostgresPool(mode.Service):
@@ -103,6 +133,7 @@ def group_config(
     concurrency: int,
     dead_letter_stream: str,
     consumer: str | None = None,
+    min_read_interval_ms: int = 0,
 ) -> GroupConfig:
     """One agent's consumer-group reading, from the settings only (both agents are configured the same way)."""
     return GroupConfig(
@@ -123,6 +154,7 @@ def group_config(
         consumer_expiry_ms=settings.consumer_expiry_s * 1000,
         presence_key=keys.consumers_key(group),
         heartbeat_file=heartbeat_path(role),
+        min_read_interval_ms=min_read_interval_ms,
     )
 
 
@@ -137,6 +169,11 @@ def build_pricing_app(settings: ServerSettings, *, consumer: str | None = None) 
         command_timeout_s=settings.database_command_timeout_s,
     )
     app.service(postgres)  # type: ignore[arg-type]  # started before the source below, so the pool is ready
+    metrics = PricingMetrics()
+    watch_groups(metrics.registry, settings)
+    server = MetricsServer(metrics.registry, settings.metrics_host, settings.pricing_metrics_port, role="pricing-agent")
+    app.service(server)  # type: ignore[arg-type]
+    recorded = metrics if settings.metrics_enabled else None
 
     handlers: list[PricingHandler] = []
 
@@ -148,6 +185,7 @@ def build_pricing_app(settings: ServerSettings, *, consumer: str | None = None) 
                     redis,
                     reply_stream_maxlen=settings.reply_stream_maxlen,
                     reply_stream_ttl_s=settings.reply_stream_ttl_s,
+                    metrics=recorded,
                 )
             )
         await handlers[0](batch)
@@ -164,7 +202,15 @@ def build_pricing_app(settings: ServerSettings, *, consumer: str | None = None) 
         consumer=consumer,
     )
     heartbeat = Heartbeat(config.heartbeat_file)
-    group_agent(app, redis, config, price, name="price_bids", heartbeat=heartbeat)
+    group_agent(
+        app,
+        redis,
+        config,
+        price,
+        name="price_bids",
+        heartbeat=heartbeat,
+        metrics=recorded.stream if recorded is not None else None,
+    )
 
     trimming = Outage(
         "trimming the bid streams",
@@ -204,10 +250,24 @@ def build_audit_app(settings: ServerSettings, *, consumer: str | None = None) ->
         concurrency=1,
         dead_letter_stream=keys.AUDIT_DEAD_LETTER,
         consumer=consumer,
+        min_read_interval_ms=settings.audit_read_interval_ms,
     )
     heartbeat = Heartbeat(config.heartbeat_file)
-    handler = AuditHandler(redis, flags_maxlen=settings.audit_flags_maxlen)
-    group_agent(app, redis, config, handler, name="audit_bids", heartbeat=heartbeat)
+    collector_client = connect_collector(settings.redis_url)
+    metrics = AuditMetrics(reports_client=collector_client)
+    metrics.registry.register(GroupStateCollector(collector_client, alive_ms=settings.consumer_alive_ms))
+    app.service(MetricsServer(metrics.registry, settings.metrics_host, settings.audit_metrics_port, role="audit-agent"))  # type: ignore[arg-type]
+    recorded = metrics if settings.metrics_enabled else None
+    handler = AuditHandler(redis, flags_maxlen=settings.audit_flags_maxlen, metrics=recorded)
+    group_agent(
+        app,
+        redis,
+        config,
+        handler,
+        name="audit_bids",
+        heartbeat=heartbeat,
+        metrics=recorded.stream if recorded is not None else None,
+    )
 
     @app.crontab(settings.audit_report_cron, timezone=UTC)
     async def daily_budget_audit() -> None:
@@ -262,5 +322,8 @@ async def run_daily_audit(
 
 def run_worker(app: faust.App, settings: Settings) -> NoReturn:
     """Run the Faust worker until SIGTERM/SIGINT; it stops its services (sources first) and exits the process."""
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+    # Faust replaces the root logger's handlers when it starts: it is given the product's JSON lines set-up.
+    worker = faust.Worker(
+        app, loglevel=settings.log_level.lower(), quiet=True, logging_config=dict_config(settings.log_level)
+    )
     worker.execute_from_commandline()

@@ -90,6 +90,9 @@ class Settings:
     audit_report_cron: str = "0 6 * * *"
     audit_batch_size: int = 500
     audit_block_ms: int = 100
+    # A read that did not fill a batch is followed by the next one this long after it started: the live stream
+    # comes in batches of ~rate x interval (fewer reads and script calls per bid); flags appear this much later.
+    audit_read_interval_ms: int = 100
     audit_flags_maxlen: int = 100_000  # audit:flags keeps about this many entries
     audit_reports_maxlen: int = 1_000  # audit:reports keeps about this many daily reports
 
@@ -136,6 +139,9 @@ class Settings:
     # Prometheus /metrics of the roles without an HTTP port of their own (the gateway serves /metrics on
     # GATEWAY_PORT). Each role gets its own port so `bidengine run` can start them side by side.
     metrics_host: str = "127.0.0.1"
+    # False: the hot paths record nothing per request or batch (every /metrics still answers, with the process
+    # metrics and the consumer-group state): to measure what the metrics cost, in the same run.
+    metrics_enabled: bool = True
     pricing_metrics_port: int = 9101
     audit_metrics_port: int = 9102
     monitor_metrics_port: int = 9103

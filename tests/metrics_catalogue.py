@@ -12,13 +12,13 @@ from prometheus_client.metrics_core import Metric
 
 from ingest.metrics import GatewayMetrics
 from monitor.metrics import MonitorMetrics
-from processors.group_metrics import GroupStateCollector
 from processors.metrics import AuditMetrics, PricingMetrics
+from redis_streams.metrics import GroupStateCollector
 from schema import keys
 
 # Nothing listens there: registering and describing the collector must not need Redis.
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
-AUDIT_DEAD_LETTER = getattr(keys, "AUDIT_DEAD_LETTER", "audit:dead")
+AUDIT_DEAD_LETTER = keys.AUDIT_DEAD_LETTER
 
 # Suffixes of the series prometheus-client writes for each metric type (the family name is the base).
 SERIES_SUFFIXES = {
@@ -31,7 +31,7 @@ SERIES_SUFFIXES = {
 
 
 def group_collector() -> GroupStateCollector:
-    return GroupStateCollector(redis.Redis.from_url(UNREACHABLE_REDIS, socket_connect_timeout=0.5), live_idle_ms=15_000)
+    return GroupStateCollector(redis.Redis.from_url(UNREACHABLE_REDIS, socket_connect_timeout=0.5), alive_ms=5_000)
 
 
 def role_registries() -> dict[str, CollectorRegistry]:

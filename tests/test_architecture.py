@@ -2,7 +2,8 @@
 
 * `schema` (contracts) and `legacy` (the price formula) import no other package of the project; `schema` does
   no runtime I/O: no Redis, PostgreSQL or HTTP client (its migration runner uses yoyo, at deploy time).
-* `redis_streams` (Redis Streams mechanics) imports only `schema` of the project.
+* `redis_streams` (Redis Streams mechanics) imports only `schema` of the project; `telemetry` (JSON logs, the
+  Prometheus plumbing) none.
 * The roles (`ingest`, `processors`, `monitor`, `console`) import only the bottom packages, never each other
   and never `bidengine`: they meet through Redis and PostgreSQL.
 * `bidengine` (the command line, the composition root) is imported by no package.
@@ -18,13 +19,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BOTTOM = {"schema", "legacy", "redis_streams"}
+BOTTOM = {"schema", "legacy", "redis_streams", "telemetry"}
 ROLES = {"ingest", "processors", "monitor", "console"}
 PROJECT = BOTTOM | ROLES | {"bidengine"}
 
 ALLOWED: dict[str, set[str]] = {
     "schema": set(),
     "legacy": set(),
+    "telemetry": set(),
     "redis_streams": {"schema"},
     **{role: set(BOTTOM) for role in ROLES},
     "bidengine": PROJECT - {"bidengine"},

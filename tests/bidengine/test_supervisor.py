@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from bidengine import supervisor
 from bidengine.embedded import free_port
 from redis_streams.retry import Backoff
+from schema.settings import Settings
 from tests.pipeline.conftest import ROOT, Pipeline, wait_until_ready
 from tests.pipeline.test_failures import poll, post_bid
 
@@ -93,6 +95,16 @@ def test_a_role_killed_with_sigkill_is_restarted_and_sigterm_stops_everything(tm
             if (match := output.find(rf"started {name} \(pid (\d+)\)"))
         }
         assert len(children) == 3, output.text()
+        # Each role's /metrics, printed at start, on a port of its own, answering.
+        urls = {
+            role: poll(f"{role}'s metrics URL", lambda role=role: output.find(rf'{role} metrics on (http://[^"\s]+)'))[
+                1
+            ]
+            for role in ("gateway", "pricing-agent", "audit-agent", "monitor")
+        }
+        assert len(set(urls.values())) == 4, urls
+        for role, url in urls.items():
+            assert poll(f"{role} serving {url}", lambda url=url: "bidengine_" in scrape_text(url)), url
 
         os.kill(pid, signal.SIGKILL)
         poll(
@@ -138,6 +150,30 @@ def test_a_role_that_keeps_dying_is_reported_once_and_still_restarted(
     assert sum(m.startswith("restarted flaky") for m in messages) >= 6  # never given up on
     if role.process is not None:
         role.process.wait()
+
+
+def scrape_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - the test's own server
+        return str(response.read().decode())
+
+
+def test_every_role_gets_a_distinct_metrics_port() -> None:
+    settings = Settings(gateway_port=8000, monitor_port=3001, console_port=8001)
+    assert supervisor.metrics_ports(settings) == {
+        "PRICING_METRICS_PORT": "9101",
+        "AUDIT_METRICS_PORT": "9102",
+        "MONITOR_METRICS_PORT": "9103",
+    }
+    colliding = Settings(
+        gateway_port=9101, pricing_metrics_port=9101, audit_metrics_port=9101, monitor_metrics_port=3001
+    )
+    ports = supervisor.metrics_ports(colliding)
+    assert len({*ports.values(), "9101", "3001", "8001"}) == 6, ports  # none shared, with each other or the rest
+    env = {**ports}
+    urls = supervisor.metrics_urls(colliding, env, supervisor.ROLES)
+    assert urls["gateway"] == "http://127.0.0.1:9101/metrics"
+    assert urls["pricing-agent"] == f"http://127.0.0.1:{ports['PRICING_METRICS_PORT']}/metrics"
+    assert set(urls) == {"gateway", "pricing-agent", "audit-agent", "monitor"}
 
 
 def test_exits_are_described_by_status_or_signal() -> None:

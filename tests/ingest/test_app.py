@@ -73,6 +73,27 @@ class InProcess:
 Factory = Callable[..., Awaitable[InProcess]]
 
 
+def samples(gateway: InProcess, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample `name` of the gateway's registry (what /metrics shows), with its labels."""
+    return [
+        (sample.labels, sample.value)
+        for family in gateway.gateway.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def sample(gateway: InProcess, name: str, **labels: str) -> float | None:
+    return gateway.gateway.metrics.registry.get_sample_value(name, labels)
+
+
+def unavailable(gateway: InProcess) -> dict[str, float]:
+    """The 503s counted, by reason (those not zero)."""
+    return {
+        labels["reason"]: value for labels, value in samples(gateway, "bidengine_gateway_unavailable_total") if value
+    }
+
+
 @pytest.fixture
 async def in_process(redis: aioredis.Redis, redis_url: str, database_url: str) -> AsyncIterator[Factory]:
     """Start in-process gateways with settings of the test's own; `redis_url`/`database_url` may be overridden."""
@@ -248,6 +269,7 @@ async def test_redis_unreachable_is_a_503(in_process: Factory) -> None:
     assert headers["Retry-After"] == "3"
     status, _, _ = await gateway.post({"product_id": 1})
     assert status == 400  # validation first: a bad bid is a 400 whatever the backends
+    assert unavailable(gateway) == {"redis": 1}
 
 
 async def test_postgres_unreachable_is_a_503(in_process: Factory) -> None:
@@ -255,6 +277,7 @@ async def test_postgres_unreachable_is_a_503(in_process: Factory) -> None:
     status, _, answer = await gateway.post(BID)
     assert (status, answer) == (503, {"errors": ["Service unavailable: PostgreSQL is unreachable"]})
     assert await gateway.published() == 0
+    assert unavailable(gateway) == {"postgres": 1}
 
 
 async def test_too_many_bids_in_flight_is_a_503(in_process: Factory) -> None:
@@ -267,6 +290,8 @@ async def test_too_many_bids_in_flight_is_a_503(in_process: Factory) -> None:
     assert await gateway.published() == 1
     await gateway.answer((event, BidReply(event.reply_id, bid_id=1, adjusted_cpc="2.25")))
     assert (await first)[0] == 200
+    assert unavailable(gateway) == {"in_flight": 1}
+    assert sample(gateway, "bidengine_gateway_reply_wait_seconds_count") == 1
 
 
 async def test_pricing_agents_too_far_behind_is_a_503(in_process: Factory, redis: aioredis.Redis) -> None:
@@ -283,11 +308,15 @@ async def test_pricing_agents_too_far_behind_is_a_503(in_process: Factory, redis
     status, _, answer = await gateway.post(BID)
     assert (status, answer) == (503, {"errors": ["Service unavailable: the pricing agents are 3 bids behind"]})
     assert await gateway.published() == 3
+    assert unavailable(gateway) == {"pricing_lag": 1}
 
 
-async def test_no_reply_in_time_is_a_504_with_the_request_id(in_process: Factory) -> None:
+async def test_no_reply_in_time_is_a_504_with_the_request_id(
+    in_process: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
     gateway = await in_process(reply_timeout_s=0.2)
-    status, headers, answer = await gateway.post(BID, {"Idempotency-Key": "slow-1"})
+    with caplog.at_level(logging.INFO, logger="ingest.app"):
+        status, headers, answer = await gateway.post(BID, {"Idempotency-Key": "slow-1"})
     assert status == 504
     assert answer == {
         "errors": ["The bid was accepted but not confirmed in time; retry with the same Idempotency-Key"],
@@ -296,6 +325,11 @@ async def test_no_reply_in_time_is_a_504_with_the_request_id(in_process: Factory
     assert headers["X-Request-Id"] == request_id_for("slow-1")
     assert gateway.gateway.replies.in_flight == 0
     assert await gateway.published() == 1
+    assert sample(gateway, "bidengine_gateway_reply_timeouts_total") == 1
+    assert sample(gateway, "bidengine_gateway_reply_wait_seconds_count") == 1
+    assert sample(gateway, "bidengine_gateway_reply_wait_seconds_sum") == pytest.approx(0.2)
+    (line,) = [r for r in caplog.records if "not confirmed" in r.getMessage()]
+    assert line.__dict__["request_id"] == request_id_for("slow-1")  # one grep on the id finds it
 
 
 async def test_publish_failure_is_a_503(in_process: Factory, redis: aioredis.Redis) -> None:
@@ -304,6 +338,42 @@ async def test_publish_failure_is_a_503(in_process: Factory, redis: aioredis.Red
     gateway = await in_process()
     status, _, answer = await gateway.post(BID)
     assert (status, answer) == (503, {"errors": ["Service unavailable: Redis is unreachable"]})
+    assert unavailable(gateway) == {"publish_failed": 1}
+
+
+async def test_metrics_disabled_records_nothing_per_request(in_process: Factory) -> None:
+    """METRICS_ENABLED=false: the hot path records nothing; /metrics still answers."""
+    gateway = await in_process(max_in_flight=0, metrics_enabled=False)
+    assert (await gateway.post(BID))[0] == 503
+    assert (await gateway.post({"product_id": 1}))[0] == 400
+    assert unavailable(gateway) == {}
+    assert sample(gateway, "bidengine_http_requests_total", route="/api/bid/", method="POST", status="400") is None
+    response = await gateway.client.get("/metrics")
+    assert response.status == 200
+    assert "process_cpu_seconds_total" in await response.text()
+
+
+async def test_requests_are_counted_by_route_template_method_and_status(in_process: Factory) -> None:
+    gateway = await in_process(max_in_flight=0)
+    for body in (BID, {"product_id": 1}, {"product_id": 1}):
+        await gateway.post(BID if body is BID else body)
+    await gateway.client.get("/nope/123")
+    await gateway.client.delete("/api/bid/")
+    await gateway.client.request("BREW", "/api/bid/")  # refused by aiohttp's parser: no route, no method
+    await gateway.client.get("/health")
+    counted = {
+        (labels["route"], labels["method"], labels["status"]): value
+        for labels, value in samples(gateway, "bidengine_http_requests_total")
+    }
+    assert counted == {
+        ("/api/bid/", "POST", "503"): 1,
+        ("/api/bid/", "POST", "400"): 2,
+        ("other", "GET", "404"): 1,  # the path is never a label
+        ("other", "DELETE", "405"): 1,
+        ("other", "other", "400"): 1,  # nor a method HTTP does not define
+        ("/health", "GET", "200"): 1,
+    }
+    assert sample(gateway, "bidengine_http_request_duration_seconds_count", route="/api/bid/") == 3
 
 
 # --- JSON errors from aiohttp's plumbing, and the catch-all ------------------------------------------------

@@ -283,18 +283,33 @@ def count_lines(text: str, needle: str) -> int:
     return sum(1 for line in text.splitlines() if needle in line)
 
 
-_FAILED = re.compile(r"(?:\] |WARNING |ERROR )(?P<what>[^\[\]]+?) failed(?::| ;).*retrying with back-off")
-_RECOVERED = re.compile(r"(?:\] |WARNING )(?P<what>[^\[\]]+?) works again after")
+def log_entries(log: str) -> list[dict[str, Any]]:
+    """The JSON lines of a role's log (telemetry/logs.py), in order; anything else on stderr is skipped."""
+    entries = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:  # a line cut short by a kill
+                continue
+    return entries
+
+
+# The outage lines of redis_streams/retry.py's `Outage`: "<what> failed: <error>; retrying with back-off ..." (or
+# "<what> failed; retrying with back-off" with a traceback) when it starts, "<what> works again after ..." at its end.
+_FAILED = re.compile(r"(?P<what>.+?) failed(?::|;) ?.*retrying with back-off")
+_RECOVERED = re.compile(r"(?P<what>.+?) works again after")
 
 
 def outage_lines(log: str) -> dict[str, tuple[int, int]]:
     """Per loop that met an outage: (lines saying it started, lines saying it ended) in a role's log."""
     found: dict[str, tuple[int, int]] = {}
-    for line in log.splitlines():
-        if match := _FAILED.search(line):
+    for entry in log_entries(log):
+        message = str(entry.get("message", ""))
+        if match := _FAILED.match(message):
             failed, recovered = found.get(match["what"], (0, 0))
             found[match["what"]] = (failed + 1, recovered)
-        elif match := _RECOVERED.search(line):
+        elif match := _RECOVERED.match(message):
             failed, recovered = found.get(match["what"], (0, 0))
             found[match["what"]] = (failed, recovered + 1)
     return found

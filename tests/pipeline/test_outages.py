@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -25,7 +26,14 @@ import redis as sync_redis
 from schema import keys
 from schema.database import BIDS_TABLE, apply_migrations
 from tests.pipeline.conftest import ROOT, Pipeline, wait_until_ready
-from tests.pipeline.outage_support import AGENTS, KeyedLoad, System, check_every_200_has_its_row, outage_lines
+from tests.pipeline.outage_support import (
+    AGENTS,
+    KeyedLoad,
+    System,
+    check_every_200_has_its_row,
+    log_entries,
+    outage_lines,
+)
 from tests.pipeline.test_failures import poll, post_bid
 from tests.servers import PostgresServer, RedisServer
 
@@ -74,14 +82,15 @@ def assert_outage_logged_once(system: System, roles: list[str]) -> None:
         assert all(counts == (1, 1) for counts in lines.values()), (role, lines, system.log_tail(role))
 
 
-def publish_failures_since(gateway_log: str, moment: datetime) -> list[str]:
-    """The gateway's "publishing a bid failed" lines (an XADD refused: a dead connection) logged after `moment`."""
+def publish_failures_since(gateway_log: str, moment: datetime) -> list[dict[str, Any]]:
+    """The gateway's "publishing a bid failed" lines (an XADD refused: a dead connection) logged after `moment`
+    (UTC), each with the request id of the bid it refused."""
     failures = []
-    for line in gateway_log.splitlines():
-        if "publishing a bid failed" in line:
-            logged = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")  # local time, as `moment`
-            if logged >= moment:
-                failures.append(line)
+    for entry in log_entries(gateway_log):
+        if str(entry.get("message", "")).startswith("publishing a bid failed"):
+            assert entry.get("request_id"), entry
+            if datetime.fromisoformat(entry["time"]) >= moment:
+                failures.append(entry)
     return failures
 
 
@@ -121,7 +130,7 @@ def test_redis_stopped_under_load_and_started_empty(
             first_200 = load.first_success_after(started)
             assert first_200 is not None
             system.wait_ready("the gateway and both agents ready")
-            ready_again, ready_again_wall = time.monotonic(), datetime.now()  # local: as the logs
+            ready_again, ready_again_wall = time.monotonic(), datetime.now(UTC)  # as the logs' `time`
             poll("bids flowing again", lambda: load.successes(after=ready_again) >= 100, timeout_s=60)
             done = time.monotonic()
         figures = check_every_200_has_its_row(load, database_url)

@@ -25,7 +25,7 @@ from schema import keys
 from schema.database import BIDS_TABLE
 from schema.events import BidRequested, DeadLetter, PricedBid, decode_replies
 from tests.pipeline.conftest import ROOT, Pipeline
-from tests.pipeline.outage_support import System
+from tests.pipeline.outage_support import System, log_entries
 from tests.pipeline.poisoned_agent import POISON_PRODUCT_ID
 from tests.pipeline.test_failures import poll
 from tests.servers import RedisServer
@@ -132,6 +132,14 @@ def test_poisoned_bid_request_is_dead_lettered_and_replayed_once(
         log = (tmp_path / "pricing-agent.log").read_text()
         assert log.count("failed on its own at delivery") == MAX_DELIVERIES - 1, log
         assert log.count("dead-lettering entry") == 1
+        # Every line about the poisoned bid names it: one grep on its request id follows it.
+        about_it = [
+            entry
+            for entry in log_entries(log)
+            if "failed on its own" in entry["message"] or "dead-lettering entry" in entry["message"]
+        ]
+        assert len(about_it) == MAX_DELIVERIES
+        assert {entry["request_id"] for entry in about_it} == {poisoned.request_id}
 
         listed = dead_letters_cli(redis_url, "list", "--stream", keys.BIDS_DEAD_LETTER)
         assert listed.returncode == 0, listed.stderr

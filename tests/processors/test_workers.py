@@ -62,6 +62,7 @@ def test_audit_agent_is_registered_on_its_own_group() -> None:
     sources = [s for s in app._extra_services if type(s).__name__ == "GroupSource"]
     assert [(s.reader.config.stream, s.reader.config.group) for s in sources] == [("bids:priced", "audit")]
     assert sources[0].reader.config.batch_size == settings.audit_batch_size
+    assert sources[0].reader.config.min_read_interval_ms == settings.audit_read_interval_ms > 0
 
 
 async def test_trimming_never_raises_while_redis_is_away_and_says_so_once(

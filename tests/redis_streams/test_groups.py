@@ -176,3 +176,46 @@ async def test_reclaim_spares_entries_this_consumer_is_still_handling(redis: aio
     await reader.ack(batch[:1])
     other = GroupReader(redis, config("b", claim_idle_ms=0))
     assert [e.id for e in await other.reclaim()] == [e.id for e in batch[1:]]
+
+
+async def test_a_short_read_spaces_the_next_one_and_a_full_one_does_not(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The waits the reader asks for, recorded instead of slept: the interleaving is the test's, not the clock's.
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded_sleep(delay: float) -> None:
+        waits.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr("redis_streams.groups.asyncio.sleep", recorded_sleep)
+    reader = GroupReader(redis, config("a", batch_size=3, min_read_interval_ms=10_000))
+    await reader.ensure_group()
+    ids = await add(redis, 4)
+    full = await reader.read()  # a full batch: more may be waiting, so the next read is not held back
+    short = await reader.read()  # one entry: the next read waits for the stream to fill a batch
+    assert [e.id for e in full + short] == ids
+    assert waits == []
+    await add(redis, 1)
+    await reader.read()
+    assert len(waits) == 1
+    assert 9.0 < waits[0] <= 10.0  # the rest of the interval since the short read started
+
+
+async def test_without_an_interval_reads_follow_each_other(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []
+
+    async def recorded_sleep(delay: float) -> None:
+        waits.append(delay)
+
+    monkeypatch.setattr("redis_streams.groups.asyncio.sleep", recorded_sleep)
+    reader = GroupReader(redis, config("a", batch_size=3))
+    await reader.ensure_group()
+    await add(redis, 1)
+    assert len(await reader.read()) == 1
+    await add(redis, 1)
+    assert len(await reader.read()) == 1
+    assert waits == []

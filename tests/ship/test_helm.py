@@ -346,9 +346,13 @@ def test_services_and_alb_ingress(values_name: str) -> None:
     annotations = ingress["metadata"]["annotations"]
     assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
     assert annotations["alb.ingress.kubernetes.io/scheme"] in {"internet-facing", "internal"}
-    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert backend["name"] == f"{RELEASE}-gateway"
-    assert backend["port"]["name"] in {p["name"] for p in services[f"{RELEASE}-gateway"]["spec"]["ports"]}
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    for path in paths:
+        backend = path["backend"]["service"]
+        assert backend["name"] == f"{RELEASE}-gateway"
+        assert backend["port"]["name"] in {p["name"] for p in services[f"{RELEASE}-gateway"]["spec"]["ports"]}
+    # The load balancer carries the bidders' routes only, never the metrics or the readiness details.
+    assert {(p["path"], p["pathType"]) for p in paths} == {("/api/bid/", "Exact"), ("/openapi.json", "Exact")}
     if values_name == "production":
         assert "certificate-arn" in " ".join(annotations)
         assert "HTTPS" in annotations["alb.ingress.kubernetes.io/listen-ports"]

@@ -1,13 +1,14 @@
 """Consumer-group state as Prometheus metrics, read from Redis when Prometheus scrapes (docs/metrics.md).
 
-The state lives in Redis, not in any process: `XINFO GROUPS` gives each group's pending count and lag,
-`XINFO CONSUMERS` each consumer's idle time, `XLEN` the length of each dead-letter stream. Every agent exposes
+The state lives in Redis, not in any process: `XINFO GROUPS` gives each group's pending count and lag, the
+group's presence set (`consumers:<group>`, where each consumer announces itself after its reads:
+`redis_streams.groups`) its live consumers, `XLEN` the length of each dead-letter stream. Every agent exposes
 the state of every group (the values are the same whichever agent answers; dashboards and alerts take the
 `max` by stream and group), so the pricing group's backlog stays visible while no pricing agent runs.
 
-`collect()` runs in prometheus-client's HTTP server thread, never on an agent's event loop: it uses its own
-synchronous Redis client with short timeouts, two round trips per scrape. When Redis does not answer, the scrape
-still succeeds with `bidengine_stream_state_up 0` and no stale values.
+`collect()` runs in the metrics server's thread (`telemetry.metrics`), never on an agent's event loop: it uses
+its own synchronous Redis client with short timeouts, one pipelined round trip per scrape. When Redis does not
+answer, the scrape still succeeds with `bidengine_stream_state_up 0` and no stale values.
 """
 
 from __future__ import annotations
@@ -21,14 +22,12 @@ import redis
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis.exceptions import RedisError, ResponseError
 
+from redis_streams.groups import LIVE_CONSUMERS_SCRIPT
 from schema import keys
 
-# Every consumer group of the product and the dead-letter streams, watched by default.
+# Every consumer group of the product and every dead-letter stream (schema/keys.py), watched by default.
 PRODUCT_GROUPS: Final = ((keys.BID_REQUESTS, keys.PRICING_GROUP), (keys.BIDS_PRICED, keys.AUDIT_GROUP))
-# Every dead-letter stream schema/keys.py names (`*_DEAD_LETTER`): one added there is watched without a change here.
-DEAD_LETTER_STREAMS: Final = tuple(
-    sorted(value for name, value in vars(keys).items() if name.endswith("_DEAD_LETTER") and isinstance(value, str))
-)
+DEAD_LETTER_STREAMS: Final = tuple(sorted(keys.DEAD_LETTER_STREAMS))
 REDIS_TIMEOUT_S: Final = 2.0
 
 
@@ -77,57 +76,51 @@ class GroupStateCollector:
         self,
         client: redis.Redis,
         *,
-        live_idle_ms: int,
+        alive_ms: int,
         groups: Sequence[tuple[str, str]] = PRODUCT_GROUPS,
         dead_letter_streams: Sequence[str] = DEAD_LETTER_STREAMS,
     ) -> None:
         self.client = client
-        # A consumer idle longer than this is not counted as live: CLAIM_IDLE_MS, after which the others take
-        # over its pending entries. A live consumer re-reads (XREADGROUP BLOCK) every PRICING_BLOCK_MS or so.
-        self.live_idle_ms = live_idle_ms
+        # A consumer that has not announced itself for this long is not live: CONSUMER_ALIVE_MS, the gateway's
+        # own threshold for "no pricing agent is alive" (a reading consumer announces itself every second).
+        self.alive_ms = alive_ms
         self.groups = tuple(groups)
         self.dead_letter_streams = tuple(dead_letter_streams)
 
     def read(self) -> StreamsState:
-        """The state of every watched group and dead-letter stream, in two pipelined round trips."""
+        """The state of every watched group and dead-letter stream, in one pipelined round trip."""
         streams = sorted({stream for stream, _ in self.groups})
         with self.client.pipeline(transaction=False) as pipe:
             for stream in streams:
                 pipe.xinfo_groups(stream)
             for stream in self.dead_letter_streams:
                 pipe.xlen(stream)
+            for _, group in self.groups:
+                pipe.eval(LIVE_CONSUMERS_SCRIPT, 1, keys.consumers_key(group), self.alive_ms)
             replies = pipe.execute(raise_on_error=False)
+        group_replies = replies[: len(streams)]
+        dead_replies = replies[len(streams) : len(streams) + len(self.dead_letter_streams)]
+        live_replies = replies[len(streams) + len(self.dead_letter_streams) :]
         infos: dict[tuple[str, str], dict[str, Any]] = {}
-        for stream, reply in zip(streams, replies[: len(streams)], strict=True):
+        for stream, reply in zip(streams, group_replies, strict=True):
             # No such stream yet: none of its groups exists.
             for info in _unless_missing(reply, default=[]):
                 infos[(stream, str(info["name"]))] = info
         dead_letters = {
             stream: int(_unless_missing(reply, default=0))
-            for stream, reply in zip(self.dead_letter_streams, replies[len(streams) :], strict=True)
+            for stream, reply in zip(self.dead_letter_streams, dead_replies, strict=True)
         }
-        live = self._live_consumers([group for group in self.groups if group in infos])
-        groups = tuple(self._group_state(key, infos.get(key), live.get(key, 0)) for key in self.groups)
+        live = {
+            key: int(_unless_missing(reply, default=0)) for key, reply in zip(self.groups, live_replies, strict=True)
+        }
+        groups = tuple(self._group_state(key, infos.get(key), live[key]) for key in self.groups)
         return StreamsState(groups, dead_letters)
-
-    def _live_consumers(self, groups: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        if not groups:
-            return {}
-        with self.client.pipeline(transaction=False) as pipe:
-            for stream, group in groups:
-                pipe.xinfo_consumers(stream, group)
-            replies = pipe.execute(raise_on_error=False)
-        # A group that vanished between the two round trips has no consumers.
-        return {
-            key: sum(1 for consumer in _unless_missing(reply, default=[]) if int(consumer["idle"]) < self.live_idle_ms)
-            for key, reply in zip(groups, replies, strict=True)
-        }
 
     @staticmethod
     def _group_state(key: tuple[str, str], info: dict[str, Any] | None, live: int) -> GroupState:
         stream, group = key
         if info is None:
-            return GroupState(stream, group, exists=False)
+            return GroupState(stream, group, exists=False, live_consumers=live)
         pending = int(info["pending"])
         lag = info.get("lag")
         backlog = pending + (int(lag) if lag is not None else 0)
@@ -159,7 +152,7 @@ class GroupStateCollector:
         )
         consumers = GaugeMetricFamily(
             "bidengine_stream_group_consumers",
-            "Live consumers of the group: idle for less than CLAIM_IDLE_MS (0 when the group does not exist).",
+            "Live consumers of the group: announced in consumers:<group> within CONSUMER_ALIVE_MS.",
             labels=("stream", "group"),
         )
         dead = GaugeMetricFamily(
