@@ -44,14 +44,16 @@ def in_window(relation: str, now: datetime) -> bool:
 async def test_the_window_reads_only_its_partitions(seeded: asyncpg.Pool, sql: str) -> None:
     async with seeded.acquire() as conn:
         now = await conn.fetchval("SELECT now()")
-        raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
+        args = [now - timedelta(days=7)] if "$1" in sql else []  # the audit binds its window's start
+        raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
     plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
     scanned = {n["Relation Name"] for n in nodes(plan) if "Relation Name" in n}
     pruned = sum(n.get("Subplans Removed", 0) for n in nodes(plan))
 
     assert scanned, plan
     assert all(in_window(relation, now) for relation in scanned), scanned
-    assert pruned >= 80  # the 82 older days, removed before any is read
+    # The 82 older days: removed before any is read (at planning when the bound is a parameter).
+    assert pruned >= 80 or len(scanned) <= 20, (pruned, scanned)
 
 
 @pytest.fixture
