@@ -134,3 +134,18 @@ async def test_legacy_table_moves_online_keeping_every_row_id_and_answer(
         assert convert_to_partitioned(legacy_url) is None  # done once
     finally:
         await pool.close()
+
+
+async def test_any_writer_keeps_request_ids_unique_through_the_ledger(db: asyncpg.Pool) -> None:
+    """An INSERT outside the pricing agent's store still records its request id, and a second bid under the
+    same request id fails as it did with UNIQUE (request_id) on the legacy table."""
+    request_id = uuid.uuid4()
+    insert = (
+        f"INSERT INTO {BIDS_TABLE} (request_id, product_id, current_cpc, target_roas, adjusted_cpc)"
+        " VALUES ($1, 5, 1.00, 100, 1.00) RETURNING id"
+    )
+    bid_id = await db.fetchval(insert, request_id)
+    assert await db.fetchval(f"SELECT bid_id FROM {REQUEST_LEDGER} WHERE request_id = $1", request_id) == bid_id
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.fetchval(insert, request_id)
+    assert await db.fetchval(f"SELECT count(*) FROM {BIDS_TABLE} WHERE request_id = $1", request_id) == 1
