@@ -10,6 +10,13 @@ With `--baseline DIR` (a checkout of the version to compare with, e.g. `git arch
 that version's agent drains the same backlog too, in the same run, on the same database: rounds alternate
 baseline, current, current, baseline, ... so a table that grows from run to run favours neither. It prints
 each run, the medians and the ratios. The database must have the current version's migrations applied.
+
+    ... python -m bench.agent_drain --instructions [--bids 2000] [--baseline DIR]
+
+counts instructions instead (valgrind's callgrind), which a loaded machine does not move: the agent drains
+`--bids` and then twice as many under valgrind, and the difference in instructions divided by the difference
+in bids is the cost of one bid with start-up and shutdown cancelled out. Set PRICING_BATCH_SIZE to the batch
+size to study (a live gateway at 50 connections gives batches of ~10-50; a backlog gives full batches).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -36,7 +44,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drain(bids: int, code_dir: str | None = None) -> tuple[float, float]:
+async def drain(bids: int, code_dir: str | None = None, *, wrapper: tuple[str, ...] = ()) -> tuple[float, float]:
     redis = aioredis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
     await redis.flushdb()
     commands = [
@@ -48,7 +56,10 @@ async def drain(bids: int, code_dir: str | None = None) -> tuple[float, float]:
     # `python -m` puts the working directory first on sys.path: the agent runs the code found there.
     env = {**os.environ, "PYTHONPATH": code_dir} if code_dir else None
     agent = subprocess.Popen(  # noqa: ASYNC220  # started once, before the timed part
-        [sys.executable, "-m", "bidengine.cli", "pricing-agent"], stderr=subprocess.DEVNULL, cwd=code_dir, env=env
+        [*wrapper, sys.executable, "-m", "bidengine.cli", "pricing-agent"],
+        stderr=subprocess.PIPE if wrapper else subprocess.DEVNULL,
+        cwd=code_dir,
+        env=env,
     )
     started: float | None = None
     cpu_at_start = 0.0
@@ -65,8 +76,26 @@ async def drain(bids: int, code_dir: str | None = None) -> tuple[float, float]:
                 return time.perf_counter() - started, cpu_seconds(agent.pid) - cpu_at_start
     finally:
         agent.terminate()
+        if wrapper:
+            _, stderr = agent.communicate()  # after the measured part
+            collected = re.search(rb"Collected : (\d+)", stderr)
+            instructions.append(int(collected.group(1)) if collected else -1)
         agent.wait()
         await redis.aclose()
+
+
+instructions: list[int] = []  # what callgrind counted, one per run under valgrind
+
+
+def count_instructions(bids: int, code_dir: str | None) -> float:
+    """Instructions per bid of the agent draining `bids` more, start-up and shutdown cancelled out."""
+    wrapper = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+    counts = []
+    for backlog in (bids, 2 * bids):
+        instructions.clear()
+        asyncio.run(drain(backlog, code_dir, wrapper=wrapper))
+        counts.append(instructions[0])
+    return (counts[1] - counts[0]) / bids
 
 
 def report(label: str, bids: int, seconds: float, cpu: float) -> None:
@@ -81,7 +110,15 @@ def main() -> int:
     parser.add_argument("--bids", type=int, default=150_000)
     parser.add_argument("--baseline", metavar="DIR", help="a checkout of the version to compare with")
     parser.add_argument("--rounds", type=int, default=2, help="with --baseline: runs of each version")
+    parser.add_argument("--instructions", action="store_true", help="count instructions per bid (valgrind)")
     args = parser.parse_args()
+    if args.instructions:
+        current = count_instructions(args.bids, None)
+        print(f"current: {current:,.0f} instructions per bid", flush=True)
+        if args.baseline:
+            baseline = count_instructions(args.bids, args.baseline)
+            print(f"baseline: {baseline:,.0f} instructions per bid; current / baseline x{current / baseline:.3f}")
+        return 0
     if not args.baseline:
         report("current", args.bids, *asyncio.run(drain(args.bids)))
         return 0

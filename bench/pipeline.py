@@ -1,6 +1,7 @@
 """Benchmark: the whole system, the gateway + pricing agent alone, and a one-INSERT baseline, in one run.
 
     python -m bench.pipeline [--duration 15] [--rounds 1] [--connections 50] [--only system,pricing,baseline]
+    python -m bench.pipeline --against main --only pricing --rounds 3   # this tree vs another revision, A/B
 
 Each *configuration* is started fresh, driven by wrk on loopback (2 threads, 50 connections, a fixed
 duration), checked, and stopped:
@@ -24,6 +25,9 @@ spread of each figure, and of each configuration's ratio to the baseline of the 
 
 Configurations are rows of `CONFIGURATIONS`: a variant of one is a row with its own environment (e.g. a
 setting switched off) or its own database preparation (e.g. another table layout); see `Configuration`.
+`--against REV` adds, for each configuration but the baseline, a twin that runs the code of revision REV
+(exported with `git archive`), alternating with this tree's in every round: on a shared machine the CPU per
+bid of the two, same run, is how a change is judged (the summary prints their ratios).
 """
 
 from __future__ import annotations
@@ -41,16 +45,18 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 import psycopg
 import redis
 
-from bench.support import fresh_database, private_redis, process_cpu_seconds, redis_cpu_seconds
+from bench.support import code_at, fresh_database, private_redis, process_cpu_seconds, redis_cpu_seconds
 from bidengine.embedded import embedded_postgres, free_port
 from schema.database import BIDS_TABLE
 
@@ -73,8 +79,11 @@ class Configuration:
     """What one measured run starts.
 
     `commands` are started side by side (each a process of its own, the processes measured); `env` is added to
-    the environment of every process; `prepare_database`, if given, turns the benchmark's database URL into
-    the one this configuration uses (called once per invocation, before the first round).
+    the environment of every process. A configuration runs on the benchmark's database unless it has one of
+    its own: `prepare_database(server_url)` returns the URL of one it made (e.g. another table layout), and a
+    configuration running another tree's code (`code`, from --against) gets one migrated by that code.
+    `compare_with` names the configuration the summary compares this one with (CPU per bid, bids/s), same
+    round by same round. `default`: run unless --only says otherwise.
     """
 
     name: str
@@ -83,19 +92,36 @@ class Configuration:
     env: dict[str, str] = field(default_factory=dict)
     prepare_database: Callable[[str], str] | None = None
     baseline: bool = False
+    code: Path = ROOT  # the tree whose code the processes run (their working directory comes first on sys.path)
+    compare_with: str | None = None
+    default: bool = True
 
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "bidengine.cli", *args]
 
 
+SYSTEM = [_cli("run", "--fake-source")]
+PRICING = [_cli("pricing-agent"), _cli("gateway")]
 CONFIGURATIONS: tuple[Configuration, ...] = (
-    Configuration("system", "whole system (bidengine run)", [_cli("run", "--fake-source")]),
-    Configuration("pricing", "gateway + pricing agent", [_cli("pricing-agent"), _cli("gateway")]),
-    # Variants to compare with the two above, in the same run, go here (an `env` or a `prepare_database`).
+    Configuration("system", "whole system (bidengine run)", SYSTEM),
+    Configuration("pricing", "gateway + pricing agent", PRICING),
     Configuration(
         "baseline", "baseline (1 INSERT/request)", [[sys.executable, "-m", "bench.baseline_server"]], baseline=True
     ),
+    # Variants, compared with the configuration they vary in the same rounds (`--only system,system-metrics-off`).
+    # What the hot-path instrumentation costs: every role with METRICS_ENABLED=false.
+    Configuration(
+        "system-metrics-off",
+        "whole system, METRICS_ENABLED=false",
+        SYSTEM,
+        env={"METRICS_ENABLED": "false"},
+        compare_with="system",
+        default=False,
+    ),
+    # The table layout: `--against REV` with a revision from before the partitioned layout runs that code on a
+    # database its own migrations made (the unpartitioned table). A layout prepared for this tree's code would
+    # be a row here with `prepare_database`.
 )
 
 
@@ -138,7 +164,8 @@ def run_wrk(url: str, duration: int, connections: int) -> WrkResult:
         raise RuntimeError(f"wrk failed: {output}")
     done = re.search(r"(\d+) requests in ([\d.]+)(s|m)", output)
     assert done, output
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.MULTILINE))
+    assert {"50", "99"} <= latency.keys(), output
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors = re.search(r"Socket errors: (.*)", output)
     max_latency = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", output)
@@ -316,7 +343,9 @@ def measure(configuration: Configuration, database_url: str, redis_url: str, arg
     }
     base = f"http://127.0.0.1:{port}"
     processes = [
-        subprocess.Popen(list(command), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        subprocess.Popen(
+            list(command), env=env, cwd=configuration.code, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        )
         for command in configuration.commands
     ]
     try:
@@ -397,13 +426,49 @@ def summarize(runs: dict[str, list[Measured]], configurations: Sequence[Configur
             for name in names
         )
         print(f"{'':<30} CPU µs per bid (median): {per_process}")
+    by_name = {c.name: c for c in configurations}
+    for configuration in configurations:
+        base = by_name.get(configuration.compare_with or "")
+        if base is None:
+            continue
+        ours, theirs = runs[base.name], runs[configuration.name]
+        cpu = [m.total_us_per_bid / t.total_us_per_bid for m, t in zip(ours, theirs, strict=False)]
+        rate = [m.wrk.rate / t.wrk.rate for m, t in zip(ours, theirs, strict=False)]
+        names = sorted({name for m in ours for name in m.cpu_s}, key=lambda n: -ours[0].cpu_s.get(n, 0))
+        ratios = {
+            name: [m.us_per_bid(name) / t.us_per_bid(name) for m, t in zip(ours, theirs, strict=False)]
+            for name in names
+            if all(t.cpu_s.get(name) for t in theirs) and all(name in m.cpu_s for m in ours)
+        }
+        per_process = ", ".join(f"{name} {_spread(values, '.2f')}" for name, values in ratios.items())
+        print(
+            f"{base.label} / {configuration.label}: CPU per bid {_spread(cpu, '.3f')}, "
+            f"bids/s {_spread(rate, '.3f')}; per process: {per_process}"
+        )
     if baseline is None:
         return
     for configuration in configurations:
         if configuration.baseline:
             continue
-        ratios = [m.wrk.rate / b.wrk.rate for m, b in zip(runs[configuration.name], runs[baseline.name], strict=False)]
-        print(f"ratio {configuration.label} / baseline: {_spread(ratios, '.2f')}x")
+        against = [m.wrk.rate / b.wrk.rate for m, b in zip(runs[configuration.name], runs[baseline.name], strict=False)]
+        print(f"ratio {configuration.label} / baseline: {_spread(against, '.2f')}x")
+
+
+@contextlib.contextmanager
+def migrated_by(code: Path, server_url: str) -> Iterator[str]:
+    """A new database with the migrations of the tree `code` applied by its own `bidengine migrate`."""
+    name = f"bidengine_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    try:
+        subprocess.run(
+            _cli("migrate"), cwd=code, env={**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING"}, check=True
+        )
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.contextmanager
@@ -422,8 +487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=1, help="rounds of every configuration, alternating")
     names = [c.name for c in CONFIGURATIONS]
-    parser.add_argument("--only", default=",".join(names), help=f"comma-separated subset of {','.join(names)}")
+    default = ",".join(c.name for c in CONFIGURATIONS if c.default)
+    parser.add_argument("--only", default=default, help=f"comma-separated, of {','.join(names)} (default {default})")
     parser.add_argument("--skip-baseline", action="store_true", help="(same as leaving baseline out of --only)")
+    parser.add_argument("--against", metavar="REV", help="also run each configuration at git revision REV (A/B)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is required: apt-get install -y wrk")
@@ -434,6 +501,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     configurations = [c for c in CONFIGURATIONS if c.name in wanted and not (c.baseline and args.skip_baseline)]
 
     with contextlib.ExitStack() as stack:
+        if args.against:
+            other = stack.enter_context(code_at(args.against))
+            configurations = [
+                twin
+                for c in configurations
+                for twin in (
+                    (c,)
+                    if c.baseline
+                    else (
+                        c,
+                        replace(
+                            c,
+                            name=f"{c.name}@{args.against}",
+                            label=f"{c.label} @{args.against}",
+                            code=other,
+                            compare_with=c.name,
+                        ),
+                    )
+                )
+            ]
         redis_url = stack.enter_context(private_redis())
         server_url = stack.enter_context(postgres_server())
         database_url = stack.enter_context(fresh_database(server_url))
@@ -447,9 +534,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.duration} s per run; {args.rounds} round(s)",
             flush=True,
         )
-        databases = {
-            c.name: c.prepare_database(database_url) if c.prepare_database else database_url for c in configurations
-        }
+        databases = {}
+        for c in configurations:
+            if c.prepare_database is not None:
+                databases[c.name] = c.prepare_database(server_url)
+            elif c.code != ROOT:
+                databases[c.name] = stack.enter_context(migrated_by(c.code, server_url))
+            else:
+                databases[c.name] = database_url
         runs: dict[str, list[Measured]] = {c.name: [] for c in configurations}
         lost = False
         for round_number in range(1, args.rounds + 1):

@@ -34,7 +34,7 @@ from redis_streams.groups import Batch, StreamEntry
 from redis_streams.pipe import Command, execute_packed, xadd
 from schema import keys
 from schema.database import BIDS_TABLE
-from schema.events import BidReply, BidRequested, DeadLetter, EventDecodeError, PricedBid, encode_replies, money
+from schema.events import BidReply, BidRequested, DeadLetter, EventDecodeError, PricedBid, encode_replies
 from schema.idempotency import request_fingerprint
 from schema.settings import Settings
 from telemetry.logs import REQUEST_ID
@@ -271,7 +271,7 @@ class PricingHandler:
         stored_now = replayed = conflicts = rejected = 0
         replies: dict[str, list[BidReply]] = defaultdict(list)
         commands: list[Command] = []
-        published: set[int] = set()
+        published: dict[int, dict[str, str]] = {}  # bid id -> its bids:priced fields
         for request, same_request in zip(priced, same, strict=True):
             bid = stored[request.event.request_id].bid
             if not same_request:
@@ -282,16 +282,17 @@ class PricingHandler:
                 )
                 conflicts += 1
                 continue
-            replies[request.event.reply_to].append(
-                BidReply(request.event.reply_id, bid.bid_id, money(bid.adjusted_cpc))
-            )
-            if bid.bid_id not in published:
-                published.add(bid.bid_id)
-                commands.append(xadd(keys.BIDS_PRICED, bid.to_fields()))
-                if stored[request.event.request_id].inserted:
-                    stored_now += 1
-                    continue
-            replayed += 1
+            fields = published.get(bid.bid_id)
+            first_answer = fields is None
+            if fields is None:
+                fields = published[bid.bid_id] = bid.to_fields()
+                commands.append(xadd(keys.BIDS_PRICED, fields))
+            # The reply carries the price as published (money(adjusted_cpc)), formatted once.
+            replies[request.event.reply_to].append(BidReply(request.event.reply_id, bid.bid_id, fields["adjusted_cpc"]))
+            if first_answer and stored[request.event.request_id].inserted:
+                stored_now += 1
+            else:
+                replayed += 1
         for entry, reason, event in dead:
             log.error(
                 "dead-lettering %s: %s",

@@ -22,6 +22,7 @@ applied them. So:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,11 +36,8 @@ Command = Sequence[str | bytes | int | float]
 
 def xadd(stream: str, fields: Mapping[str, str], *, maxlen: int | None = None) -> Command:
     """An XADD with an auto id; `maxlen` trims approximately (only for streams whose old entries are done with)."""
-    trim: list[str | int] = ["MAXLEN", "~", maxlen] if maxlen is not None else []
-    flat: list[str | int] = [stream, *trim, "*"]
-    for item in fields.items():
-        flat += item
-    return ("XADD", *flat)
+    trim: tuple[str | int, ...] = ("MAXLEN", "~", maxlen) if maxlen is not None else ()
+    return ("XADD", stream, *trim, "*", *itertools.chain.from_iterable(fields.items()))
 
 
 async def execute_packed(
@@ -59,7 +57,10 @@ async def execute_packed(
     if not commands:
         return []
     to_send: list[Command] = [("MULTI",), *commands, ("EXEC",)] if transaction else list(commands)
-    packed = b"".join(hiredis.pack_command(tuple(command)) for command in to_send)  # type: ignore[arg-type]
+    packed = b"".join(
+        hiredis.pack_command(command if type(command) is tuple else tuple(command))  # type: ignore[arg-type]
+        for command in to_send
+    )
     try:
         replies = await _exchange(redis, packed, len(to_send), timeout_s)
     except (ConnectionError, OSError):

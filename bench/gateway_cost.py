@@ -1,0 +1,131 @@
+"""Benchmark: instructions per bid of the gateway's own work, for comparing two versions of it.
+
+    python -m bench.gateway_cost [--requests 1000] [--against REV]
+
+Serves the real gateway application (`ingest.app.create_app`, through `ingest.edge`, uvloop) in one process
+with a client in the same process sending `POST /api/bid/` over one connection, one request after the other.
+Redis is left out: the publisher is replaced by one that answers each bid at once, as the pricing agent's
+reply would (`BidReply` with an id and a price), so what is counted is the gateway's HTTP, validation,
+event building and answer, which is what the gateway's hot-path changes change. Each version is run under
+valgrind's callgrind for two request counts; the difference in instructions divided by the difference in
+requests is the cost of one request with start-up cancelled out (client included, the same for both).
+
+`--against REV` runs the same for the code of revision REV (`git archive`), and prints the ratio. A loaded
+machine does not move instruction counts, which is why changes are judged with them here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = b'{"product_id": 123, "current_cpc": 1.50, "target_roas": 150.0}'
+REQUEST = (
+    b"POST /api/bid/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+    + str(len(BODY)).encode()
+    + b"\r\n\r\n"
+    + BODY
+)
+
+
+def serve_and_send(requests: int) -> None:
+    """The measured process: the gateway app with an answering publisher, and `requests` bids sent to it."""
+    import uvloop
+    from aiohttp import web
+
+    from bidengine.embedded import free_port
+    from ingest import app as gateway_app
+    from ingest.edge import edge_runner
+    from schema.events import BidReply
+    from schema.settings import Settings
+
+    class AnsweringPublisher:
+        """Stands for Redis and the pricing agent: every published bid is answered on the next loop turn."""
+
+        def __init__(self, gateway: Any) -> None:
+            self.gateway = gateway
+            self.bid_id = 0
+
+        def publish(self, fields: dict[str, str], waiter: asyncio.Future[Any]) -> None:
+            self.bid_id += 1
+            reply = BidReply(fields["reply_id"], self.bid_id, "2.25")
+            asyncio.get_running_loop().call_soon(self.gateway.replies._deliver, {reply.reply_id: reply.encode()})
+
+    async def run() -> None:
+        port = free_port()
+        settings = Settings(gateway_port=port, redis_url="redis://127.0.0.1:1/0", database_url="postgresql://x/x")
+        app: web.Application = gateway_app.create_app(settings, None, "postgresql://x/x")  # type: ignore[arg-type]
+        gateway = app[gateway_app.GATEWAY]
+        gateway.publisher = AnsweringPublisher(gateway)  # type: ignore[assignment]
+        gateway.backends.status = type(gateway.backends.status)(
+            redis=True, postgres=True, pricing_lag=0, pricing_consumers=1
+        )
+        app.cleanup_ctx.clear()  # no Redis: the reply reader and the backend checks are not started
+        runner = edge_runner(app, settings)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(requests):
+            writer.write(REQUEST)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+            body = await reader.readexactly(length)
+            assert head.startswith(b"HTTP/1.1 200"), head + body
+        writer.close()
+        await runner.cleanup()
+
+    uvloop.install()
+    asyncio.run(run())
+
+
+def count(code: Path, requests: int) -> int:
+    # The code under test comes first on sys.path (PYTHONPATH); this script runs from its own directory.
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    output = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+         "--in-process", str(requests)],
+        cwd=code, env=env, capture_output=True, text=True, check=True,
+    ).stderr  # fmt: skip
+    collected = re.search(r"Collected : (\d+)", output)
+    assert collected, output
+    return int(collected.group(1))
+
+
+def per_request(code: Path, requests: int) -> float:
+    return (count(code, 2 * requests) - count(code, requests)) / requests
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--against", metavar="REV", help="also count the code of git revision REV")
+    parser.add_argument("--in-process", type=int, metavar="N", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.in_process:
+        serve_and_send(args.in_process)
+        return 0
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is required: apt-get install -y valgrind")
+    current = per_request(ROOT, args.requests)
+    print(f"this tree: {current:,.0f} instructions per bid (client and gateway)", flush=True)
+    if args.against:
+        from bench.support import code_at
+
+        with code_at(args.against) as other:
+            theirs = per_request(other, args.requests)
+        print(
+            f"{args.against}: {theirs:,.0f} instructions per bid; this tree / {args.against} = {current / theirs:.3f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
