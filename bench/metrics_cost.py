@@ -12,7 +12,7 @@ sends bids one after another. Nothing else runs: no timer, no Redis, so the coun
 run takes (a run under valgrind is slow, and the gateway's periodic tasks would add their instructions by the
 second, not by the request).
 
-Instructions are counted with callgrind for 200 and for 1,200 requests; the difference divided by 1,000 is the
+Instructions are counted with callgrind for 100 and for 700 requests; the difference divided by 600 is the
 cost of one request, client included (the same in both variants: the difference is what the metrics cost).
 Whole-pipeline throughput with the metrics on and off in the same run: `bench.pipeline` (docs/benchmarks.md).
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -36,7 +37,7 @@ from ingest.metrics import GATEWAY_METRICS, GatewayMetrics
 from schema.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-FEW, MANY = 200, 1000  # requests of the short run, and how many more the long one sends
+FEW, MANY = 100, 600  # requests of the short run, and how many more the long one sends
 
 
 def in_process(variant: str, requests: int) -> None:
@@ -83,6 +84,7 @@ def count_instructions(variant: str, requests: int) -> int:
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
          "bench.metrics_cost", "--in-process", variant, "--requests", str(requests)],
         cwd=ROOT, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts in every run
     ).stderr  # fmt: skip
     collected = re.search(r"Collected : (\d+)", output)
     assert collected, output
