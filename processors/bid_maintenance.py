@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 # Attempts at a step whose lock is not granted within the lock timeout, and the pause between them (doubling).
 LOCK_ATTEMPTS = 20
 LOCK_PAUSE_S = 0.05
+# The session advisory lock that keeps maintenance runs of one database one at a time (any fixed bigint).
+MAINTENANCE_LOCK_KEY = 0x62696473  # "bids"
 # Ledger rows deleted per statement when a partition is dropped (short transactions on a hot table).
 LEDGER_DELETE_BATCH = 10_000
 
@@ -275,8 +277,24 @@ async def maintain(
     *,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> MaintenanceReport:
-    """One maintenance run (see the module docstring); raises on failure, after leaving a consistent state."""
+    """One maintenance run (see the module docstring); raises on failure, after leaving a consistent state.
+
+    One run at a time per database: every pricing process has the timer, and `bidengine db-maintain` may run
+    meanwhile; a run that finds another one under way does nothing (the other does the work).
+    """
     report = MaintenanceReport()
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK_KEY):
+        log.debug("bids table maintenance already running elsewhere")
+        return report
+    try:
+        return await _maintain(conn, settings, now, report)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK_KEY)
+
+
+async def _maintain(
+    conn: asyncpg.Connection, settings: Settings, now: Callable[[], datetime], report: MaintenanceReport
+) -> MaintenanceReport:
     lock_timeout_ms = settings.bids_maintenance_lock_timeout_ms
     moment = now().astimezone(UTC)
     today = moment.date()

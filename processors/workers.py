@@ -228,7 +228,7 @@ def build_pricing_app(settings: ServerSettings, *, consumer: str | None = None) 
         on_change=lambda problem: heartbeat.report("bids-maintenance", problem, readiness=False),
     )
 
-    # on_leader=False: every pricing process runs it; the steps are idempotent and their DDL serializes.
+    # Every pricing process has the timer; one run at a time per database (an advisory lock), idempotent steps.
     @app.timer(settings.bids_maintenance_interval_s)
     async def maintain_bids_table() -> None:
         await run_maintenance(postgres.pool, settings, maintaining)

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from redis import asyncio as aioredis
 
-from processors.bid_maintenance import maintain, run_maintenance
+from processors.bid_maintenance import MAINTENANCE_LOCK_KEY, maintain, run_maintenance
 from processors.pricing import PricedRequest, PricingHandler
 from redis_streams.groups import StreamEntry
 from redis_streams.retry import Outage
@@ -254,3 +254,18 @@ async def test_a_failing_run_is_reported_and_never_raises(db: asyncpg.Pool, capl
     await run_maintenance(db, Settings(), outage)
     assert not outage.active
     assert problems[-1] is None
+
+
+async def test_one_run_at_a_time(conn: asyncpg.Connection, db: asyncpg.Pool, own_database_url: str) -> None:
+    """Every pricing process has the timer: a run that finds another under way leaves the work to it."""
+    later = datetime.now(UTC) + 30 * DAY
+    other = await asyncpg.connect(own_database_url)
+    try:
+        await other.execute("SELECT pg_advisory_lock($1)", MAINTENANCE_LOCK_KEY)
+        skipped = await maintain(conn, Settings(), now=lambda: later)
+        assert skipped.created == []
+        assert later.date() not in await partition_days(db)
+    finally:
+        await other.close()  # ends the other run's session, and its lock
+    done = await maintain(conn, Settings(), now=lambda: later)
+    assert later.date() in done.created
