@@ -12,7 +12,7 @@ sends bids one after another. Nothing else runs: no timer, no Redis, so the coun
 run takes (a run under valgrind is slow, and the gateway's periodic tasks would add their instructions by the
 second, not by the request).
 
-Instructions are counted with callgrind for 200 and for 1,200 requests; the difference divided by 1,000 is the
+Instructions are counted with callgrind for 100 and for 700 requests; the difference divided by 600 is the
 cost of one request, client included (the same in both variants: the difference is what the metrics cost).
 Whole-pipeline throughput with the metrics on and off in the same run: `bench.pipeline` (docs/benchmarks.md).
 """
@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
 import sys
+from bisect import bisect_left
 from pathlib import Path
 
 from aiohttp import web
@@ -35,7 +37,7 @@ from ingest.metrics import GATEWAY_METRICS, GatewayMetrics
 from schema.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-FEW, MANY = 200, 1000  # requests of the short run, and how many more the long one sends
+FEW, MANY = 100, 600  # requests of the short run, and how many more the long one sends
 
 
 def in_process(variant: str, requests: int) -> None:
@@ -48,8 +50,9 @@ def in_process(variant: str, requests: int) -> None:
 
     async def handler(request: web.Request) -> web.Response:
         response = await edge_handler(request)
-        if reply_wait is not None:  # what the reply router does for each reply
-            reply_wait.observe(0.004)
+        if reply_wait is not None:  # what the reply router does for each reply (ingest/replies.py)
+            reply_wait.counts[bisect_left(reply_wait.bounds, 0.004)] += 1
+            reply_wait.sum += 0.004
         return response
 
     async def run() -> None:
@@ -81,6 +84,7 @@ def count_instructions(variant: str, requests: int) -> int:
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
          "bench.metrics_cost", "--in-process", variant, "--requests", str(requests)],
         cwd=ROOT, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts in every run
     ).stderr  # fmt: skip
     collected = re.search(r"Collected : (\d+)", output)
     assert collected, output

@@ -67,6 +67,16 @@ UNAVAILABLE_REASONS: Final = (
 GATEWAY_METRICS: web.AppKey[GatewayMetrics] = web.AppKey("gateway_metrics")
 
 
+class RequestSeries:
+    """The children one kind of answer (route, method, status) updates: its count and its route's durations."""
+
+    __slots__ = ("count", "duration")
+
+    def __init__(self, count: CounterChild, duration: HistogramChild) -> None:
+        self.count = count
+        self.duration = duration
+
+
 class GatewayMetrics:
     """The gateway's registry. `enabled` False (METRICS_ENABLED=false): the per-request metrics are not recorded
     (the edge installs no recorder, the handler and the reply router skip their updates); `/metrics` still
@@ -111,25 +121,28 @@ class GatewayMetrics:
         )
         # Every reason is a series from the start (rate() sees the first 503), bound once.
         self.unavailable_by_reason = {reason: self.unavailable.labels(reason) for reason in UNAVAILABLE_REASONS}
-        self._answered: dict[tuple[object, str, int], tuple[CounterChild, HistogramChild]] = {}
+        # (aiohttp's route object or None, method, status) -> what that answer updates; see `series`.
+        self.answers: dict[tuple[object, str, int], RequestSeries] = {}
         self._refused: dict[int, CounterChild] = {}
 
-    def answered(self, resource: object, method: str, status: int, seconds: float) -> None:
-        """One request answered (the edge calls it once the answer is written). `resource` is aiohttp's matched
-        resource (None for a path no route matched, or a request the parser refused)."""
-        if method not in METHODS:
-            method = OTHER_METHOD
-        children = self._answered.get((resource, method, status))
-        if children is None:
-            children = self._bind(resource, method, status)
-        children[0].inc()
-        children[1].observe(seconds)
+    def series(self, route: object, method: str, status: int) -> RequestSeries:
+        """The children one kind of answer updates (`route`: aiohttp's matched route, None when there is none),
+        made on its first occurrence and kept: the edge looks them up in `answers` by the same key."""
+        resource = getattr(route, "resource", None)
+        label = method if method in METHODS else OTHER_METHOD
+        template = self.route_label(getattr(resource, "canonical", None))
+        series = RequestSeries(
+            self.http_requests.labels(template, label, str(status)), self.http_request_duration.labels(template)
+        )
+        if method in METHODS:  # a method token outside HTTP's is counted, never kept as a key of its own
+            self.answers[(route, method, status)] = series
+        return series
 
-    def _bind(self, resource: object, method: str, status: int) -> tuple[CounterChild, HistogramChild]:
-        route = self.route_label(getattr(resource, "canonical", None))
-        children = (self.http_requests.labels(route, method, str(status)), self.http_request_duration.labels(route))
-        self._answered[(resource, method, status)] = children
-        return children
+    def answered(self, route: object, method: str, status: int, seconds: float) -> None:
+        """One request answered (what the edge's `log_access` does inline)."""
+        series = self.answers.get((route, method, status)) or self.series(route, method, status)
+        series.count.value += 1
+        series.duration.observe(seconds)
 
     def refused_by_edge(self, status: int) -> None:
         """An answer the edge wrote itself before any request existed (408, 431, 503 for too many connections):

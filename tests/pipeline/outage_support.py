@@ -208,6 +208,10 @@ class System:
             "REPLY_TIMEOUT_S": "5",
             "MONITOR_INTERVAL_S": "1",
             "TMPDIR": str(tmp_path),  # the agents' heartbeat files, private to this test
+            # Metrics ports of this test's own (other tests, or another checkout's, may hold the defaults).
+            "PRICING_METRICS_PORT": str(free_port()),
+            "AUDIT_METRICS_PORT": str(free_port()),
+            "MONITOR_METRICS_PORT": str(free_port()),
             **env,
         }
         pipeline = Pipeline(redis_url, database_url, {**os.environ, **base})

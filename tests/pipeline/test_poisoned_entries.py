@@ -21,9 +21,11 @@ import psycopg
 import pytest
 import redis as sync_redis
 
+from bidengine.embedded import free_port
 from schema import keys
 from schema.database import BIDS_TABLE
 from schema.events import BidRequested, DeadLetter, PricedBid, decode_replies
+from tests.metrics_scrape import scrape
 from tests.pipeline.conftest import ROOT, Pipeline
 from tests.pipeline.outage_support import System, log_entries
 from tests.pipeline.poisoned_agent import POISON_PRODUCT_ID
@@ -53,10 +55,18 @@ def dead_letters_cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[
     )
 
 
+def metrics_url(pipeline: Pipeline) -> str:
+    return f"http://127.0.0.1:{pipeline.env['METRICS_PORT_OF_TEST']}/metrics"
+
+
 def start_poisoned_agent(agent: str, redis_url: str, database_url: str, tmp_path: Path) -> tuple[Pipeline, Path]:
     poison = tmp_path / "poison"
     poison.touch()
+    port = str(free_port())
     env = {
+        "PRICING_METRICS_PORT": port,
+        "AUDIT_METRICS_PORT": port,
+        "METRICS_PORT_OF_TEST": port,
         **os.environ,
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
@@ -140,6 +150,15 @@ def test_poisoned_bid_request_is_dead_lettered_and_replayed_once(
         ]
         assert len(about_it) == MAX_DELIVERIES
         assert {entry["request_id"] for entry in about_it} == {poisoned.request_id}
+        # Its /metrics: the two later deliveries were XAUTOCLAIMs, the batch was bisected (its halves handed
+        # again), one dead letter; every good bid stored.
+        samples = scrape(metrics_url(pipeline))
+        group = f'group="{keys.PRICING_GROUP}",stream="{keys.BID_REQUESTS}"'
+        assert samples[f"bidengine_stream_reclaimed_total{{{group}}}"] == MAX_DELIVERIES - 1
+        assert samples[f"bidengine_stream_redeliveries_total{{{group}}}"] >= GOOD + 1
+        assert samples[f'bidengine_dead_letters_total{{stream="{keys.BIDS_DEAD_LETTER}"}}'] == 1
+        assert samples['bidengine_pricing_replies_total{outcome="stored"}'] == GOOD
+        assert samples[f'bidengine_dead_letter_entries{{stream="{keys.BIDS_DEAD_LETTER}"}}'] == 1
 
         listed = dead_letters_cli(redis_url, "list", "--stream", keys.BIDS_DEAD_LETTER)
         assert listed.returncode == 0, listed.stderr

@@ -10,11 +10,13 @@ import math
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError
 
 from processors.app import create_app
 from processors.bridge import BatchRunner, group_agent
 from processors.heartbeat import Heartbeat
+from processors.metrics import StreamConsumerMetrics
 from processors.transient import is_postgres_transient, is_transient
 from redis_streams.groups import Batch, GroupConfig, GroupReader, StreamEntry
 from redis_streams.pipe import execute_packed
@@ -72,8 +74,28 @@ async def pending_counts(redis: aioredis.Redis) -> dict[str, int]:
     return {row["message_id"]: row["times_delivered"] for row in rows}
 
 
-def runner(reader: GroupReader, handler: Handler, heartbeat: Heartbeat | None = None) -> BatchRunner:
-    return BatchRunner(reader, handler, heartbeat=heartbeat or Heartbeat(None), is_transient=is_transient)
+def runner(
+    reader: GroupReader,
+    handler: Handler,
+    heartbeat: Heartbeat | None = None,
+    metrics: StreamConsumerMetrics | None = None,
+) -> BatchRunner:
+    return BatchRunner(
+        reader, handler, heartbeat=heartbeat or Heartbeat(None), is_transient=is_transient, metrics=metrics
+    )
+
+
+def stream_metrics() -> tuple[StreamConsumerMetrics, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return StreamConsumerMetrics(registry, group=(STREAM, "g"), dead_letter_stream=DEAD), registry
+
+
+def counted(registry: CollectorRegistry) -> tuple[float | None, float | None]:
+    """(entries redelivered, dead letters written) as the agent's /metrics shows them."""
+    return (
+        registry.get_sample_value("bidengine_stream_redeliveries_total", {"stream": STREAM, "group": "g"}),
+        registry.get_sample_value("bidengine_dead_letters_total", {"stream": DEAD}),
+    )
 
 
 async def test_one_poisoned_entry_is_isolated_and_everything_else_handled(redis: aioredis.Redis) -> None:
@@ -102,7 +124,8 @@ async def test_two_poisoned_entries_are_both_found(redis: aioredis.Redis) -> Non
 async def test_a_failing_entry_is_dead_lettered_at_its_last_delivery_and_acknowledged(redis: aioredis.Redis) -> None:
     reader, batch = await start(redis, 4)
     handler = Handler({"2"})
-    bridge = runner(reader, handler)
+    metrics, registry = stream_metrics()
+    bridge = runner(reader, handler, metrics=metrics)
     await bridge.run(batch)
     for delivery in (2, 3):
         redelivered = await reader.reclaim()  # XAUTOCLAIM: the delivery count grows in Redis
@@ -117,6 +140,8 @@ async def test_a_failing_entry_is_dead_lettered_at_its_last_delivery_and_acknowl
     letter = DeadLetter.from_fields(fields)
     assert letter == DeadLetter(batch[2].id, STREAM, "Poisoned: cannot handle it", {"n": "2"}, group="g", deliveries=3)
     assert await reader.reclaim() == []  # acknowledged: never delivered again
+    # Bisection handed the batch of 4 (then 2) again: 4 + 2 entries; the reclaimed single entry is not split.
+    assert counted(registry) == (6, 1)
 
 
 async def test_outages_are_retried_and_never_count_against_the_entries(redis: aioredis.Redis) -> None:
@@ -132,13 +157,27 @@ async def test_outages_are_retried_and_never_count_against_the_entries(redis: ai
         if failures:
             raise failures.pop(0)
 
-    await BatchRunner(reader, handler, heartbeat=heartbeat, is_transient=is_transient).run(batch)
+    metrics, registry = stream_metrics()
+    await BatchRunner(reader, handler, heartbeat=heartbeat, is_transient=is_transient, metrics=metrics).run(batch)
     assert calls == [5, 5, 5, 5]  # the whole batch each time: no bisection for an outage
+    assert counted(registry) == (15, 0)  # handed again three times
     assert problems[1]  # not ready while it lasts
     assert "ConnectionError: Redis away" in problems[1][0]
     assert heartbeat.ready
     assert await pending_counts(redis) == {}
     assert await redis.xlen(DEAD) == 0
+
+
+async def test_entries_re_read_after_a_restart_are_marked_redelivered(redis: aioredis.Redis) -> None:
+    """A consumer restarted under its name re-reads its own pending entries first: the source counts them."""
+    _, batch = await start(redis, 3)
+    assert batch.redelivered is False
+    restarted = GroupReader(redis, config())
+    again = await restarted.read()
+    assert [entry.id for entry in again] == [entry.id for entry in batch]
+    assert again.redelivered is True
+    await redis.xadd(STREAM, {"n": "new"})
+    assert (await restarted.read()).redelivered is False  # its own pending list is done: new entries
 
 
 async def test_batches_acknowledged_in_the_handlers_own_transaction(redis: aioredis.Redis) -> None:
