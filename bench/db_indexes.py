@@ -84,7 +84,9 @@ def plan_shape(plan: dict[str, Any]) -> str:
 
 
 def explain(conn: psycopg.Connection[Any], sql: str) -> tuple[float, dict[str, Any]]:
-    row = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}").fetchone()
+    # The audit's queries take their window's start as a parameter (processors/audit_report.py).
+    params = conn.execute("SELECT now() - interval '7 days'").fetchone() if "$1" in sql else None
+    row = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql.replace('$1', '%s')}", params).fetchone()
     assert row is not None
     doc = row[0] if isinstance(row[0], list) else json.loads(row[0])
     plan: dict[str, Any] = doc[0]

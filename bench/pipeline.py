@@ -56,7 +56,7 @@ import asyncpg
 import psycopg
 import redis
 
-from bench.support import code_at, fresh_database, private_redis, process_cpu_seconds, redis_cpu_seconds
+from bench.support import code_at, fresh_database, private_redis
 from bidengine.embedded import embedded_postgres, free_port
 from schema.database import BIDS_TABLE
 
@@ -119,6 +119,15 @@ CONFIGURATIONS: tuple[Configuration, ...] = (
         compare_with="system",
         default=False,
     ),
+    # The audit agent reading its live stream as soon as anything is there (before AUDIT_READ_INTERVAL_MS).
+    Configuration(
+        "system-audit-eager",
+        "whole system, AUDIT_READ_INTERVAL_MS=0",
+        SYSTEM,
+        env={"AUDIT_READ_INTERVAL_MS": "0"},
+        compare_with="system",
+        default=False,
+    ),
     # The table layout: `--against REV` with a revision from before the partitioned layout runs that code on a
     # database its own migrations made (the unpartitioned table). A layout prepared for this tree's code would
     # be a row here with `prepare_database`.
@@ -137,7 +146,8 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     max_ms: float
-    cpu_s: float  # wrk's own user + system time
+    user_s: float  # wrk's own CPU time, user and system
+    system_s: float
 
     @property
     def rate(self) -> float:
@@ -177,7 +187,8 @@ def run_wrk(url: str, duration: int, connections: int) -> WrkResult:
         p50_ms=_ms(latency["50"]),
         p99_ms=_ms(latency["99"]),
         max_ms=_ms(max_latency.group(1)) if max_latency else float("nan"),
-        cpu_s=usage.ru_utime + usage.ru_stime,
+        user_s=usage.ru_utime,
+        system_s=usage.ru_stime,
     )
 
 
@@ -275,11 +286,51 @@ def postgres_processes(database_url: str) -> dict[int, str]:
     return {int(pid): "postgres: walwriter" if kind == "walwriter" else "postgres: backends" for pid, kind in rows}
 
 
-def cpu_snapshot(pids: dict[int, str]) -> dict[int, float]:
+@dataclass(frozen=True)
+class Usage:
+    """What a process spent: CPU seconds in user and kernel mode, and its read and write system calls."""
+
+    user_s: float = 0.0
+    system_s: float = 0.0
+    reads: int = 0
+    writes: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.user_s + other.user_s,
+            self.system_s + other.system_s,
+            self.reads + other.reads,
+            self.writes + other.writes,
+        )
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(
+            self.user_s - other.user_s,
+            self.system_s - other.system_s,
+            self.reads - other.reads,
+            self.writes - other.writes,
+        )
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.system_s
+
+
+def process_usage(pid: int) -> Usage:
+    """utime/stime from /proc/PID/stat; syscr/syscw (read-like and write-like system calls) from /proc/PID/io."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/io") as io:
+        counters = dict(line.split(": ") for line in io.read().splitlines())
+    tick = os.sysconf("SC_CLK_TCK")
+    return Usage(int(fields[11]) / tick, int(fields[12]) / tick, int(counters["syscr"]), int(counters["syscw"]))
+
+
+def usage_snapshot(pids: dict[int, str]) -> dict[int, Usage]:
     snapshot = {}
     for pid in pids:
         with contextlib.suppress(OSError):
-            snapshot[pid] = process_cpu_seconds(pid)
+            snapshot[pid] = process_usage(pid)
     return snapshot
 
 
@@ -293,7 +344,11 @@ class Measured:
     rows_added: int
     checked: int
     missing: int
-    cpu_s: dict[str, float]  # process (group) name -> CPU seconds during the timed load
+    usage: dict[str, Usage]  # process (group) name -> what it spent during the timed load
+
+    @property
+    def cpu_s(self) -> dict[str, float]:
+        return {name: usage.cpu_s for name, usage in self.usage.items()}
 
     @property
     def ok(self) -> int:
@@ -354,9 +409,10 @@ def measure(configuration: Configuration, database_url: str, redis_url: str, arg
         pids = measured_processes(processes)
         pids.update(postgres_processes(database_url))
         before = asyncio.run(count_rows(database_url))
-        cpu_before, redis_before = cpu_snapshot(pids), redis_cpu_seconds(redis_client)
+        pids[int(redis_client.info("server")["process_id"])] = "redis-server"
+        cpu_before = usage_snapshot(pids)
         result = run_wrk(f"{base}/api/bid/", args.duration, args.connections)
-        cpu_after, redis_after = cpu_snapshot(pids), redis_cpu_seconds(redis_client)
+        cpu_after = usage_snapshot(pids)
         restarted = [pids[pid] for pid in cpu_before if pid not in cpu_after and "postgres" not in pids[pid]]
         time.sleep(1)  # requests wrk abandoned at its deadline may still be committed
         rows_added = asyncio.run(count_rows(database_url)) - before
@@ -366,13 +422,12 @@ def measure(configuration: Configuration, database_url: str, redis_url: str, arg
         redis_client.close()
     if restarted:
         print(f"WARNING: processes exited during the load: {restarted}", flush=True)
-    cpu: dict[str, float] = {}
+    usage: dict[str, Usage] = {}
     for pid, name in pids.items():
         if pid in cpu_before and pid in cpu_after:
-            cpu[name] = cpu.get(name, 0.0) + cpu_after[pid] - cpu_before[pid]
-    cpu["redis-server"] = redis_after - redis_before
-    cpu["wrk"] = result.cpu_s
-    return Measured(configuration, result, rows_added, checked, missing, cpu)
+            usage[name] = usage.get(name, Usage()) + (cpu_after[pid] - cpu_before[pid])
+    usage["wrk"] = Usage(result.user_s, result.system_s)
+    return Measured(configuration, result, rows_added, checked, missing, usage)
 
 
 def print_run(measured: Measured, prefix: str) -> None:
@@ -396,6 +451,19 @@ def print_run(measured: Measured, prefix: str) -> None:
     )
     cores = sum(measured.cpu_s.values()) / result.seconds
     print(f"{indent}  CPU µs per bid: {parts}; total {measured.total_us_per_bid:.1f} ({cores:.2f} cores)", flush=True)
+    bids = max(result.requests, 1)
+    kernel = ", ".join(
+        f"{name} {usage.system_s / max(usage.cpu_s, 1e-9):.0%}"
+        for name, usage in sorted(measured.usage.items(), key=lambda item: -item[1].cpu_s)
+        if usage.cpu_s > 0.01 * sum(measured.cpu_s.values())
+    )
+    calls = ", ".join(
+        f"{name} {usage.reads / bids:.2f}+{usage.writes / bids:.2f}"
+        for name, usage in sorted(measured.usage.items(), key=lambda item: -item[1].cpu_s)
+        if usage.reads + usage.writes > 0.01 * bids
+    )
+    print(f"{indent}  of which in the kernel: {kernel}", flush=True)
+    print(f"{indent}  read+write system calls per bid: {calls}", flush=True)
 
 
 # --- the invocation ------------------------------------------------------------------------------------

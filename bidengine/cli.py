@@ -28,6 +28,16 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_maintain(settings: Settings, _args: argparse.Namespace) -> int:
+    import asyncio
+
+    from processors.bid_maintenance import maintain_database
+
+    report = asyncio.run(maintain_database(DatabaseSettings.from_settings(settings).database_url, settings))
+    print(f"bids table maintenance: {report}")
+    return 0
+
+
 def _gateway(settings: Settings, _args: argparse.Namespace) -> int:
     from ingest.server import main
 
@@ -224,7 +234,12 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "run": Command(_run_all, "run the whole system (embedded Redis/PostgreSQL when no URLs are given)", _run_options),
-    "migrate": Command(_migrate, "apply pending database migrations"),
+    "migrate": Command(
+        _migrate, "apply pending database migrations (moves a legacy bids table to day partitions, online)"
+    ),
+    "db-maintain": Command(
+        _db_maintain, "maintain the bids table's day partitions now (ahead, DEFAULT, reorder, retention)"
+    ),
     "gateway": Command(_gateway, "run the HTTP gateway (POST /api/bid/)"),
     "pricing-agent": Command(_pricing_agent, "run the Faust worker with the pricing agent"),
     "audit-agent": Command(_audit_agent, "run the Faust worker with the audit agent and the daily audit"),

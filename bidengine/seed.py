@@ -19,7 +19,9 @@ from decimal import ROUND_HALF_UP, Decimal
 import asyncpg
 
 from legacy import calculate_adjusted_cpc
+from processors.bid_maintenance import MaintenanceReport, ensure_partitions, maintain
 from schema.database import BIDS_TABLE
+from schema.settings import Settings
 
 DEFAULT_ROWS = 1_000_000
 DEFAULT_DAYS = 90
@@ -122,15 +124,21 @@ async def seed(
         raise ValueError("rows, days and products must be positive")
     rng = random.Random(random_seed)
     bar = _Progress(rows, progress)
+    until = end or datetime.now(UTC)
     conn = await asyncpg.connect(database_url)
     try:
+        partitioned = await conn.fetchval(f"SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('{BIDS_TABLE}')")
+        if partitioned:
+            # Every seeded day gets its partition first (else its rows would land in DEFAULT).
+            first = (until - timedelta(days=days)).astimezone(UTC).date()
+            await ensure_partitions(conn, first, until.astimezone(UTC).date(), 1000, MaintenanceReport(), now=until)
         await conn.copy_to_table(
             BIDS_TABLE,
             source=_chunks(
                 rows,
                 days=days,
                 products=products,
-                end=end or datetime.now(UTC),
+                end=until,
                 rng=rng,
                 progress=bar,
             ),
@@ -138,6 +146,9 @@ async def seed(
             format="text",
         )
         bar.update(rows, force=True)
+        if partitioned:
+            # The COPY's statement trigger recorded the request ids in the ledger; closed days are reordered.
+            await maintain(conn, Settings(bids_maintenance_lock_timeout_ms=1000), now=lambda: until)
         if analyze:
             await conn.execute(f"ANALYZE {BIDS_TABLE}")
     finally:

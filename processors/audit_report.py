@@ -38,15 +38,21 @@ RUN_MARKER_TTL_S = 2 * 86_400
 # The flag rule, shared by both queries; identical to `processors.audit.is_flagged` (exact numeric).
 _FLAGGED = "abs(adjusted_cpc - current_cpc) > 0.20 * current_cpc"
 
+# The window's start, read first in the report's transaction (so `now()` is the same in every query) and
+# passed to the queries as a parameter: the bids table is partitioned by day, and a bound known when the
+# query is planned prunes the other days at planning (a `now()` bound is only pruned when the query starts,
+# after the planner has costed every partition: planning time would grow with the history kept).
+WINDOW_START_SQL = f"SELECT now() - interval '{WINDOW}'"
+
 SUMMARY_SQL = f"""
 SELECT now() AS generated_at,
-       now() - interval '{WINDOW}' AS window_start,
+       $1::timestamptz AS window_start,
        count(*) AS reviewed,
        count(*) FILTER (WHERE {_FLAGGED}) AS flagged,
        coalesce(sum(abs(adjusted_cpc - current_cpc)), 0) AS deviation_total,
        coalesce(sum(abs(adjusted_cpc - current_cpc)) FILTER (WHERE {_FLAGGED}), 0) AS flagged_deviation_total
 FROM {BIDS_TABLE}
-WHERE calculated_at > now() - interval '{WINDOW}'
+WHERE calculated_at > $1::timestamptz
 """
 
 FLAGGED_LINES_SQL = f"""
@@ -60,7 +66,7 @@ SELECT format(
          to_char(calculated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
        )
 FROM {BIDS_TABLE}
-WHERE calculated_at > now() - interval '{WINDOW}'
+WHERE calculated_at > $1::timestamptz
   AND {_FLAGGED}
 ORDER BY product_id, id
 """
@@ -104,10 +110,13 @@ def _header(summary: Any) -> str:
 async def _write_report(conn: asyncpg.Connection, out: TextIO) -> tuple[Any, int]:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'")
-        summary = await conn.fetchrow(SUMMARY_SQL)
+        # Planned for this window's bound every time (a generic plan would cost every day partition again).
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        window_start = await conn.fetchval(WINDOW_START_SQL)
+        summary = await conn.fetchrow(SUMMARY_SQL, window_start)
         out.write(_header(summary))
         lines = 0
-        async for record in conn.cursor(FLAGGED_LINES_SQL, prefetch=PREFETCH):
+        async for record in conn.cursor(FLAGGED_LINES_SQL, window_start, prefetch=PREFETCH):
             out.write(record[0])
             out.write("\n")
             lines += 1

@@ -33,7 +33,7 @@ from processors.metrics import REPLY_OUTCOMES, PricingMetrics
 from redis_streams.groups import Batch, StreamEntry
 from redis_streams.pipe import Command, execute_packed, xadd
 from schema import keys
-from schema.database import BIDS_TABLE
+from schema.database import BIDS_ID_SEQUENCE, BIDS_TABLE, REQUEST_LEDGER
 from schema.events import BidReply, BidRequested, DeadLetter, EventDecodeError, PricedBid, encode_replies
 from schema.idempotency import request_fingerprint
 from schema.settings import Settings
@@ -41,35 +41,58 @@ from telemetry.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
-# One statement per batch: insert what is new, and return the stored row of every request id, new or not.
-# The input holds each request id once (the first request of the batch that carries it, in stream order), so
-# no row is chosen arbitrarily. The second SELECT sees the snapshot taken before the INSERT, so it returns only
-# rows stored earlier (a redelivery, or a retry with the same Idempotency-Key). Whether a request is the one a
-# row was stored for is decided afterwards, request by request, on the request fingerprints.
-# Rows are inserted in request id order: two agents whose batches share request ids then wait on each other
-# in one direction only, instead of deadlocking (A holds K1 and waits for K2 while B holds K2 and waits for K1).
+# One statement per batch: claim each new request id in the ledger, insert the bids of the ids claimed, and
+# return the ledger row of every request id stored earlier. The input holds each request id once (the first
+# request of the batch that carries it, in stream order), so no row is chosen arbitrarily. The ledger's primary
+# key makes request ids unique (the bids table is partitioned by day, where a unique index must include the
+# day); a bid is inserted only for an id this statement claimed, with the id and time the ledger got, so the
+# two never disagree. The last SELECT sees the snapshot taken before the INSERTs, so it returns only ids stored
+# earlier (a redelivery, or a retry with the same Idempotency-Key); their bids are read by STORED_BIDS_SQL.
+# Whether a request is the one a row was stored for is decided afterwards, request by request, on the request
+# fingerprints. The statement reads no partition of the bids table (the INSERT locks only today's), so
+# maintenance on closed days never waits for it, nor it for maintenance.
+# Ids are claimed in request id order: two agents whose batches share request ids then wait on each other in
+# one direction only, instead of deadlocking (A holds K1 and waits for K2 while B holds K2 and waits for K1).
 STORE_BATCH_SQL = f"""
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::bigint[])
         AS t(request_id, product_id, current_cpc, target_roas, adjusted_cpc, request_fingerprint)
-), inserted AS (
-    INSERT INTO {BIDS_TABLE} (request_id, product_id, current_cpc, target_roas, adjusted_cpc, request_fingerprint)
-    SELECT request_id, product_id, current_cpc, target_roas, adjusted_cpc, request_fingerprint FROM input
+), claimed AS (
+    INSERT INTO {REQUEST_LEDGER} (request_id, bid_id, calculated_at)
+    SELECT request_id, nextval('{BIDS_ID_SEQUENCE}'), now() FROM input
     ORDER BY request_id
     ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id, bid_id, calculated_at
+), inserted AS (
+    INSERT INTO {BIDS_TABLE}
+        (id, request_id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_fingerprint)
+    SELECT c.bid_id, c.request_id, i.product_id, i.current_cpc, i.target_roas, i.adjusted_cpc, c.calculated_at,
+           i.request_fingerprint
+    FROM claimed c JOIN input i USING (request_id)
     RETURNING id, request_id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_fingerprint
 )
-SELECT *, true AS inserted FROM inserted
+SELECT id, request_id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_fingerprint,
+       true AS inserted
+FROM inserted
 UNION ALL
+SELECT l.bid_id, l.request_id, NULL, NULL, NULL, NULL, l.calculated_at, NULL, false
+FROM {REQUEST_LEDGER} l JOIN input USING (request_id)
+"""
+
+# The bids of request ids stored earlier, by the (id, calculated_at) their ledger rows point at: each lookup
+# is pruned to its bid's partition at execution time.
+STORED_BIDS_SQL = f"""
 SELECT b.id, b.request_id, b.product_id, b.current_cpc, b.target_roas, b.adjusted_cpc, b.calculated_at,
        b.request_fingerprint, false AS inserted
-FROM {BIDS_TABLE} b JOIN input USING (request_id)
+FROM unnest($1::bigint[], $2::timestamptz[]) AS t(bid_id, calculated_at)
+CROSS JOIN LATERAL (
+    SELECT * FROM {BIDS_TABLE} b WHERE b.id = t.bid_id AND b.calculated_at = t.calculated_at
+) b
 """
 
 # Rows another agent committed while our INSERT waited on them are not in our snapshot: look them up after.
 FETCH_STORED_SQL = f"""
-SELECT id, request_id, product_id, current_cpc, target_roas, adjusted_cpc, calculated_at, request_fingerprint
-FROM {BIDS_TABLE} WHERE request_id = ANY($1::uuid[])
+SELECT bid_id AS id, calculated_at FROM {REQUEST_LEDGER} WHERE request_id = ANY($1::uuid[])
 """
 
 # Rows stored before request fingerprints existed (migration 0003) have none: a request is then compared by
@@ -204,15 +227,25 @@ class PricingHandler:
             [p.adjusted_cpc for p in inserting],
             [p.fingerprint for p in inserting],
         )
-        stored = _by_request_id(rows)
-        if len(stored) < len(first):
+        stored = _by_request_id(row for row in rows if row["product_id"] is not None)
+        earlier = [row for row in rows if row["product_id"] is None]
+        if len(stored) + len(earlier) < len(first):
             # Committed by another transaction (another agent, or a batch of ours handled concurrently) after
             # our snapshot: our INSERT waited for it, then skipped the id. Read it now; it is compared like any.
-            missing = [request_id for request_id in first if request_id not in stored]
-            stored.update(_by_request_id(await self.pool.fetch(FETCH_STORED_SQL, missing)))
-            for request_id in missing:
-                if request_id not in stored:
-                    stored[request_id] = self._spelled_differently(request_id, stored)
+            seen = {str(row["request_id"]) for row in rows}
+            missing = [request_id for request_id in first if request_id not in seen]
+            earlier.extend(await self.pool.fetch(FETCH_STORED_SQL, missing))
+        if earlier:
+            stored.update(
+                _by_request_id(
+                    await self.pool.fetch(
+                        STORED_BIDS_SQL, [row["id"] for row in earlier], [row["calculated_at"] for row in earlier]
+                    )
+                )
+            )
+        for request_id in first:
+            if request_id not in stored:
+                stored[request_id] = self._spelled_differently(request_id, stored)
         return stored
 
     @staticmethod

@@ -24,6 +24,7 @@ from redis import asyncio as aioredis
 from processors.app import StreamsApp, create_app
 from processors.audit import AuditHandler
 from processors.audit_report import run_scheduled_report
+from processors.bid_maintenance import run_maintenance
 from processors.bridge import group_agent
 from processors.heartbeat import Heartbeat, heartbeat_path
 from processors.metrics import AuditMetrics, PricingMetrics
@@ -220,6 +221,17 @@ def build_pricing_app(settings: ServerSettings, *, consumer: str | None = None) 
     @app.timer(settings.trim_interval_s)
     async def trim_streams() -> None:
         await trim_bid_streams(redis, settings, trimming)
+
+    maintaining = Outage(
+        "maintaining the bids table's partitions",
+        logger=log,
+        on_change=lambda problem: heartbeat.report("bids-maintenance", problem, readiness=False),
+    )
+
+    # on_leader=False: every pricing process runs it; the steps are idempotent and their DDL serializes.
+    @app.timer(settings.bids_maintenance_interval_s)
+    async def maintain_bids_table() -> None:
+        await run_maintenance(postgres.pool, settings, maintaining)
 
     return app
 

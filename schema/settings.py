@@ -79,6 +79,13 @@ class Settings:
     requests_retention_s: int = 3600
     trim_interval_s: float = 10.0
 
+    # The bids table's day partitions (schema/partitioning.py), maintained by the pricing agent and by
+    # `bidengine db-maintain`. Retention 0 keeps every bid forever (docs/db-performance.md says why).
+    bids_retention_days: int = 0  # a day's partition is dropped once its newest bid is this many days old
+    bids_partitions_ahead_days: int = 7  # partitions exist this many days after today
+    bids_maintenance_interval_s: float = 600.0  # how often the pricing agent runs the maintenance
+    bids_maintenance_lock_timeout_ms: int = 50  # longest an insert can wait behind a maintenance lock
+
     # Audit agent (processors/).
     audit_report_cron: str = "0 6 * * *"
     audit_batch_size: int = 500

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bidengine.embedded import servers
-from schema.database import BIDS_TABLE, apply_migrations
+from schema.database import BIDS_TABLE, REQUEST_LEDGER, apply_migrations
 from tests.servers import RedisServer
 
 
@@ -82,6 +82,6 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on the test database, with the bids table emptied before the test."""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     assert pool is not None
-    await pool.execute(f"TRUNCATE {BIDS_TABLE} RESTART IDENTITY")
+    await pool.execute(f"TRUNCATE {BIDS_TABLE}, {REQUEST_LEDGER} RESTART IDENTITY")
     yield pool
     await pool.close()

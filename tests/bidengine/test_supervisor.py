@@ -117,8 +117,12 @@ def test_a_role_killed_with_sigkill_is_restarted_and_sigterm_stops_everything(tm
         assert alive(new_pid)
         assert all(alive(child) for child in children.values())  # the others were left alone
         wait_until_ready(gateway.gateway_url, timeout_s=60)
-        status, _, body = post_bid(gateway, {"product_id": 777, "current_cpc": 1.5, "target_roas": 150})
-        assert status == 200, body
+        # Until the new agent reads, the gateway may still count the killed one as alive (CONSUMER_ALIVE_MS) and
+        # answer 504: the bidder's retry with its key, as bidders do, is answered once the new agent has started.
+        bid = {"product_id": 777, "current_cpc": 1.5, "target_roas": 150}
+        key = {"Idempotency-Key": "after-the-restart"}
+        answered = poll("a 200 from the restarted agent", lambda: post_bid(gateway, bid, key)[0] == 200, timeout_s=60)
+        assert answered
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=90) == 0, output.text()
