@@ -75,9 +75,47 @@ async def execute_packed(
     return replies
 
 
+async def _checkout(pool: Any) -> Any:
+    """`pool.get_connection()` for an idle pooled connection, without redis-py 8's per-checkout bookkeeping.
+
+    redis-py's check-out and release cost as many instructions as the round trip itself (measured: 75,700 per
+    pair, vs 75,300 for sending a PING and reading its reply): a lock, observability counters, an event
+    dispatch, a retry wrapper around a connect() that has nothing to do. The checks that matter are kept: a
+    connection that is closed, or has unread data or an EOF waiting (the server closed it), goes through the
+    pool's own `ensure_connection`, which reconnects it. Anything unusual (no idle connection, a pool without
+    these attributes) takes the pool's own path. No await separates taking the connection from marking it in
+    use, so no other task can take it meanwhile (the pool's lock guards exactly that).
+    """
+    available = getattr(pool, "_available_connections", None)
+    in_use = getattr(pool, "_in_use_connections", None)
+    if not available or in_use is None:
+        return await pool.get_connection()
+    connection = available.pop()
+    in_use.add(connection)
+    try:
+        if not connection.is_connected or await connection.can_read():
+            await pool.ensure_connection(connection)
+    except BaseException:
+        await pool.release(connection)
+        raise
+    return connection
+
+
+async def _checkin(pool: Any, connection: Any) -> None:
+    """`pool.release(connection)`, the fast way when nothing about the connection needs the pool's attention."""
+    in_use = getattr(pool, "_in_use_connections", None)
+    available = getattr(pool, "_available_connections", None)
+    should_reconnect = getattr(connection, "should_reconnect", None)
+    if in_use is None or available is None or connection not in in_use or (should_reconnect and should_reconnect()):
+        await pool.release(connection)
+        return
+    in_use.remove(connection)
+    available.append(connection)
+
+
 async def _exchange(redis: aioredis.Redis, packed: bytes, count: int, timeout_s: float) -> list[Any]:
     pool: Any = redis.connection_pool
-    connection: Any = await pool.get_connection()
+    connection: Any = await _checkout(pool)
     try:
         # One deadline for the whole exchange: redis-py would otherwise arm a timer for every reply.
         async with asyncio.timeout(timeout_s):
@@ -89,7 +127,7 @@ async def _exchange(redis: aioredis.Redis, packed: bytes, count: int, timeout_s:
         await connection.disconnect()
         raise
     finally:
-        await pool.release(connection)
+        await _checkin(pool, connection)
 
 
 async def _reply(connection: Any) -> Any:

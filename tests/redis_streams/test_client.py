@@ -95,3 +95,28 @@ async def test_an_idempotent_read_cut_off_mid_flight_is_retried_once(redis_serve
     finally:
         await client.aclose()
         await admin.aclose()
+
+
+async def test_the_packed_path_returns_every_connection_to_the_pool_and_stays_within_its_size(
+    redis_server: RedisServer,
+) -> None:
+    client = connect(redis_server.start(), Settings(), max_connections=8)
+    pool: object = client.connection_pool
+    try:
+        # More concurrent exchanges than connections: the extra ones wait or fail as the pool's own path does.
+        results = await asyncio.gather(
+            *(execute_packed(client, [("PING",)]) for _ in range(8)),
+            *(execute_packed(client, [("XREAD", "COUNT", 1, "BLOCK", 50, "STREAMS", "none", "0-0")]) for _ in range(8)),
+            return_exceptions=True,
+        )
+        assert all(r in (["PONG"], [None]) or isinstance(r, ConnectionError) for r in results), results
+        for _ in range(50):  # reused one after the other: the same idle connection each time
+            assert await execute_packed(client, [("PING",)]) == ["PONG"]
+        assert not pool._in_use_connections  # type: ignore[attr-defined]
+        assert len(pool._available_connections) <= 8  # type: ignore[attr-defined]
+        # A pooled connection the server closed is replaced, not handed out: the next exchange succeeds.
+        await client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no")
+        await asyncio.sleep(0.1)
+        assert await execute_packed(client, [("PING",)]) == ["PONG"]
+    finally:
+        await client.aclose()
