@@ -8,13 +8,9 @@ was shipped. Both layouts are then measured in the same run (bench.db_partitions
 from __future__ import annotations
 
 import contextlib
-import uuid
-from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
-
-from schema.database import BIDS_TABLE, apply_migrations
+from bench.support import fresh_database
+from schema.database import BIDS_TABLE
 
 LEGACY_LAST_MIGRATION = "0003_request_fingerprint"
 
@@ -37,21 +33,6 @@ FROM {BIDS_TABLE} b JOIN input USING (request_id)
 """
 
 
-def migrate_legacy(database_url: str) -> None:
-    """Apply the migrations of the legacy layout only (no day partitions, no request ledger)."""
-    apply_migrations(database_url, up_to=LEGACY_LAST_MIGRATION)
-
-
-@contextlib.contextmanager
-def legacy_database(server_url: str) -> Iterator[str]:
-    """A uniquely named database in the legacy layout, dropped afterwards; yields its URL."""
-    name = f"bidengine_bench_legacy_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    try:
-        migrate_legacy(url)
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def legacy_database(server_url: str) -> contextlib.AbstractContextManager[str]:
+    """A uniquely named database in the legacy layout (migrations up to 0003), dropped afterwards; yields its URL."""
+    return fresh_database(server_url, prefix="bidengine_bench_legacy", up_to=LEGACY_LAST_MIGRATION)

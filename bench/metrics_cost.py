@@ -5,12 +5,10 @@
 
 What the gateway records per request is all at its HTTP edge and in its reply routing: the request's count and
 duration (`ingest.edge.EdgeProtocol.log_access`, once the answer is written) and the reply's wait (the reply
-router). This serves a bid handler through the real edge (`ingest.edge.edge_runner`) with the gateway's metrics
-(`ingest.metrics.GatewayMetrics`, on or off as METRICS_ENABLED makes them), the handler parsing the body as the
-gateway does and observing a reply wait as the reply router does; one client connection in the same process
-sends bids one after another. Nothing else runs: no timer, no Redis, so the count does not depend on how long a
-run takes (a run under valgrind is slow, and the gateway's periodic tasks would add their instructions by the
-second, not by the request).
+router). This serves the real gateway application (`ingest.app.create_app` through `ingest.edge`, uvloop) with
+METRICS_ENABLED on or off, as `bench.gateway_cost` does: Redis is left out, a publisher answers each bid through
+the reply router on the next loop turn; one client connection in the same process sends bids one after another.
+No Redis and no periodic task run, so the count does not depend on how long a run takes (under valgrind, long).
 
 Instructions are counted with callgrind for 100 and for 700 requests; the difference divided by 600 is the
 cost of one request, client included (the same in both variants: the difference is what the metrics cost).
@@ -26,54 +24,78 @@ import re
 import shutil
 import subprocess
 import sys
-from bisect import bisect_left
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from bench.edge import REQUEST, edge_handler
 from bidengine.embedded import free_port
-from ingest.metrics import GATEWAY_METRICS, GatewayMetrics
 from schema.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+BODY = b'{"product_id": 123, "current_cpc": 1.50, "target_roas": 150.0}'
+REQUEST = (
+    b"POST /api/bid/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+    + str(len(BODY)).encode()
+    + b"\r\n\r\n"
+    + BODY
+)
 FEW, MANY = 100, 600  # requests of the short run, and how many more the long one sends
 
 
 def in_process(variant: str, requests: int) -> None:
     import uvloop
 
+    from ingest import app as gateway_app
     from ingest.edge import edge_runner
+    from schema.events import BidReply
 
-    metrics = GatewayMetrics(enabled=variant == "on")
-    reply_wait = metrics.reply_wait if metrics.enabled else None
+    class AnsweringPublisher:
+        """Stands for Redis and the pricing agent (as bench.gateway_cost does): every bid published is answered
+        through the reply router on the next loop turn, so the reply's wait is recorded where it is in production."""
 
-    async def handler(request: web.Request) -> web.Response:
-        response = await edge_handler(request)
-        if reply_wait is not None:  # what the reply router does for each reply (ingest/replies.py)
-            reply_wait.counts[bisect_left(reply_wait.bounds, 0.004)] += 1
-            reply_wait.sum += 0.004
-        return response
+        def __init__(self, gateway: Any) -> None:
+            self.gateway = gateway
+            self.bid_id = 0
+
+        def publish(self, fields: dict[str, str], waiter: asyncio.Future[Any]) -> None:
+            self.bid_id += 1
+            reply = BidReply(fields["reply_id"], self.bid_id, "2.25")
+            asyncio.get_running_loop().call_soon(self.gateway.replies._deliver, {reply.reply_id: reply.encode()})
 
     async def run() -> None:
         port = free_port()
-        settings = Settings(gateway_port=port, metrics_enabled=metrics.enabled)
-        app = web.Application(client_max_size=settings.max_body_bytes)
-        app.router.add_post("/api/bid/", handler)
-        app[GATEWAY_METRICS] = metrics
+        settings = Settings(
+            gateway_port=port,
+            redis_url="redis://127.0.0.1:1/0",
+            database_url="postgresql://x/x",
+            metrics_enabled=variant == "on",
+        )
+        app: web.Application = gateway_app.create_app(settings, None, "postgresql://x/x")  # type: ignore[arg-type]
+        gateway = app[gateway_app.GATEWAY]
+        gateway.publisher = AnsweringPublisher(gateway)  # type: ignore[assignment]
+        gateway.backends.status = type(gateway.backends.status)(
+            redis=True, postgres=True, pricing_lag=0, pricing_consumers=1
+        )
+        app.cleanup_ctx.clear()  # no Redis: the reply reader and the backend checks are not started
         runner = edge_runner(app, settings)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for _ in range(requests):
             writer.write(REQUEST)
-            await reader.readuntil(b'"bid_id": 1}')
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+            body = await reader.readexactly(length)
+            assert head.startswith(b"HTTP/1.1 200"), head + body
         writer.close()
         await runner.cleanup()
+        metrics = gateway.metrics
         counted = metrics.registry.get_sample_value(
             "bidengine_http_requests_total", {"route": "/api/bid/", "method": "POST", "status": "200"}
         )
-        assert counted == (requests if metrics.enabled else None), counted
+        waits = metrics.registry.get_sample_value("bidengine_gateway_reply_wait_seconds_count")
+        assert (counted, waits) == ((requests, requests) if variant == "on" else (None, 0)), (counted, waits)
 
     uvloop.install()
     asyncio.run(run())

@@ -61,14 +61,15 @@ def private_redis(timeout_s: float = 10.0) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    """A uniquely named database with every migration applied, dropped afterwards; yields its URL."""
-    name = f"bidengine_bench_{uuid.uuid4().hex[:12]}"
+def fresh_database(server_url: str, *, prefix: str = "bidengine_bench", up_to: str | None = None) -> Iterator[str]:
+    """A uniquely named database with the migrations applied (all, or up to `up_to`), dropped afterwards;
+    yields its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
     try:
-        apply_migrations(url)
+        apply_migrations(url, up_to=up_to)
         yield url
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:

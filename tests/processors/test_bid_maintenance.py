@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import psycopg
 import pytest
 from redis import asyncio as aioredis
 
 from processors.bid_maintenance import MAINTENANCE_LOCK_KEY, maintain, run_maintenance
-from processors.pricing import PricedRequest, PricingHandler
-from redis_streams.groups import StreamEntry
+from processors.pricing import PricingHandler
 from redis_streams.retry import Outage
-from schema.database import BIDS_TABLE, REQUEST_LEDGER, apply_migrations
-from schema.events import BidRequested
-from schema.idempotency import request_fingerprint
+from schema.database import BIDS_TABLE, REQUEST_LEDGER
 from schema.partitioning import DEFAULT_PARTITION, partition_day, partition_name
 from schema.settings import Settings
+from tests.support import priced_request, scratch_database
 
 DAY = timedelta(days=1)
 PARTITIONS_SQL = f"""
@@ -35,35 +30,14 @@ async def partition_days(db: asyncpg.Pool) -> set[date]:
     return {day for row in await db.fetch(PARTITIONS_SQL) if (day := partition_day(row["relname"])) is not None}
 
 
-def priced(product_id: int, current_cpc: float = 1.5, target_roas: float = 100.0) -> PricedRequest:
-    request_id = str(uuid.uuid4())
-    fields = {"request_id": request_id, "product_id": str(product_id)}
-    event = BidRequested(
-        request_id=request_id,
-        product_id=product_id,
-        current_cpc=current_cpc,
-        target_roas=target_roas,
-        reply_to="replies:test",
-        reply_id="r",
-    )
-    entry = StreamEntry("0-1", fields)
-    fingerprint = request_fingerprint(product_id, current_cpc, target_roas)
-    return PricedRequest(entry, event, round(current_cpc * target_roas / 100, 2), fingerprint)
+priced = priced_request
 
 
 @pytest.fixture
 def own_database_url(database_url: str) -> Iterator[str]:
     """A database of this test's own: partitions are schema, which emptying the bids table would not reset."""
-    name = f"bidengine_parts_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    try:
-        apply_migrations(url)
+    with scratch_database(database_url, "bidengine_parts") as url:
         yield url
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

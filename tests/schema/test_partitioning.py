@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psycopg
@@ -13,11 +12,9 @@ import pytest
 from redis import asyncio as aioredis
 
 from processors.pricing import PricedRequest, PricingHandler
-from redis_streams.groups import StreamEntry
 from schema.database import BIDS_TABLE, REQUEST_LEDGER, apply_migrations
-from schema.events import BidRequested
-from schema.idempotency import request_fingerprint
 from schema.partitioning import STAGING_TABLE, convert_to_partitioned
+from tests.support import priced_request, scratch_database
 
 LEGACY_ROWS = 1_000_000
 
@@ -39,32 +36,15 @@ FROM {BIDS_TABLE} WHERE id <= $1
 @pytest.fixture
 def legacy_url(database_url: str) -> Iterator[str]:
     """A database in the legacy layout (migrations up to 0003), with a million bids."""
-    name = f"bidengine_legacy_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    try:
-        apply_migrations(url, up_to="0003_request_fingerprint")
+    with scratch_database(database_url, "bidengine_legacy", up_to="0003_request_fingerprint") as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(GENERATE_SQL)
             conn.execute(f"VACUUM ANALYZE {BIDS_TABLE}")
         yield url
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def priced(request_id: str, product_id: int, current_cpc: float, target_roas: float) -> PricedRequest:
-    event = BidRequested(
-        request_id=request_id,
-        reply_to="replies:test",
-        reply_id="r",
-        product_id=product_id,
-        current_cpc=current_cpc,
-        target_roas=target_roas,
-    )
-    fingerprint = request_fingerprint(product_id, current_cpc, target_roas)
-    return PricedRequest(StreamEntry("0-1", {}), event, round(current_cpc * target_roas / 100, 2), fingerprint)
+    return priced_request(product_id, current_cpc, target_roas, request_id=request_id)
 
 
 async def test_legacy_table_moves_online_keeping_every_row_id_and_answer(
