@@ -1,6 +1,7 @@
 """Benchmark: instructions per bid of the gateway's own work, for comparing two versions of it.
 
     python -m bench.gateway_cost [--requests 1000] [--against REV]
+    python -m bench.gateway_cost --metrics 2       # what the metrics cost: METRICS_ENABLED on vs off, 2 rounds
 
 Serves the real gateway application (`ingest.app.create_app`, through `ingest.edge`, uvloop) in one process
 with a client in the same process sending `POST /api/bid/` over one connection, one request after the other.
@@ -10,7 +11,8 @@ event building and answer, which is what the gateway's hot-path changes change. 
 valgrind's callgrind for two request counts; the difference in instructions divided by the difference in
 requests is the cost of one request with start-up cancelled out (client included, the same for both).
 
-METRICS_ENABLED=false in the environment counts the gateway without its metrics. `--against REV` runs the same
+METRICS_ENABLED=false in the environment counts the gateway without its metrics (`--metrics` compares both; each
+run also checks the requests were counted, or not, where production counts them). `--against REV` runs the same
 for the code of revision REV (`git archive`), and prints the ratio. A loaded
 machine does not move instruction counts, which is why changes are judged with them here.
 """
@@ -86,14 +88,22 @@ def serve_and_send(requests: int) -> None:
             assert head.startswith(b"HTTP/1.1 200"), head + body
         writer.close()
         await runner.cleanup()
+        # Counted where production counts them (the edge's access log, the reply router), or not at all.
+        counted = gateway.metrics.registry.get_sample_value(
+            "bidengine_http_requests_total", {"route": "/api/bid/", "method": "POST", "status": "200"}
+        )
+        waits = gateway.metrics.registry.get_sample_value("bidengine_gateway_reply_wait_seconds_count")
+        expected = (requests, requests) if settings.metrics_enabled else (None, 0)
+        assert (counted, waits) == expected, (counted, waits)
 
     uvloop.install()
     asyncio.run(run())
 
 
-def count(code: Path, requests: int) -> int:
-    # The code under test comes first on sys.path (PYTHONPATH); this script runs from its own directory.
-    env = {**os.environ, "PYTHONPATH": str(code)}
+def count(code: Path, requests: int, **environment: str) -> int:
+    # The code under test comes first on sys.path (PYTHONPATH); this script runs from its own directory. A fixed
+    # hash seed gives the same dict layouts in every run.
+    env = {**os.environ, "PYTHONPATH": str(code), "PYTHONHASHSEED": "0", **environment}
     output = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
          "--in-process", str(requests)],
@@ -104,14 +114,28 @@ def count(code: Path, requests: int) -> int:
     return int(collected.group(1))
 
 
-def per_request(code: Path, requests: int) -> float:
-    return (count(code, 2 * requests) - count(code, requests)) / requests
+def per_request(code: Path, requests: int, **environment: str) -> float:
+    return (count(code, 2 * requests, **environment) - count(code, requests, **environment)) / requests
+
+
+def metrics_cost(requests: int, rounds: int) -> None:
+    """This tree with METRICS_ENABLED on and off, alternating: what the gateway's metrics cost a request."""
+    counts: dict[str, list[float]] = {"true": [], "false": []}
+    for _ in range(rounds):
+        for enabled in ("false", "true"):
+            counts[enabled].append(per_request(ROOT, requests, METRICS_ENABLED=enabled))
+            print(f"METRICS_ENABLED={enabled:<5} {counts[enabled][-1]:>9,.0f} instructions per bid", flush=True)
+    on, off = (sorted(counts[v])[len(counts[v]) // 2] for v in ("true", "false"))
+    print(f"median of {rounds}: on - off = {on - off:,.0f} instructions per bid; on / off = {on / off:.4f}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--against", metavar="REV", help="also count the code of git revision REV")
+    parser.add_argument(
+        "--metrics", type=int, metavar="ROUNDS", help="count this tree with METRICS_ENABLED on and off instead"
+    )
     parser.add_argument("--in-process", type=int, metavar="N", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_process:
@@ -119,6 +143,9 @@ def main() -> int:
         return 0
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is required: apt-get install -y valgrind")
+    if args.metrics:
+        metrics_cost(args.requests, args.metrics)
+        return 0
     current = per_request(ROOT, args.requests)
     print(f"this tree: {current:,.0f} instructions per bid (client and gateway)", flush=True)
     if args.against:
