@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -39,11 +38,11 @@ from redis import asyncio as aioredis
 from bench.support import (
     code_at,
     fresh_database,
+    postgres_server,
     private_redis,
     process_cpu_seconds,
     redis_cpu_seconds,
 )
-from bidengine.embedded import embedded_postgres
 from legacy import calculate_adjusted_cpc
 from redis_streams.pipe import execute_packed, xadd
 from schema import keys
@@ -176,16 +175,6 @@ def counted(redis_url: str) -> int:
         return sum(int(client.hget(k, "reviewed") or 0) for k in day_keys if not k.endswith(":products"))
     finally:
         client.close()
-
-
-@contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url
-    else:
-        with embedded_postgres() as embedded:
-            yield embedded
 
 
 def agent_env(redis_url: str, database_url: str, code: Path) -> dict[str, str]:

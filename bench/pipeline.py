@@ -56,8 +56,8 @@ import asyncpg
 import psycopg
 import redis
 
-from bench.support import code_at, fresh_database, private_redis
-from bidengine.embedded import embedded_postgres, free_port
+from bench.support import code_at, fresh_database, postgres_server, private_redis
+from bidengine.embedded import free_port
 from schema.database import BIDS_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -537,16 +537,6 @@ def migrated_by(code: Path, server_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url
-    else:
-        with embedded_postgres() as embedded:
-            yield embedded
 
 
 def main(argv: Sequence[str] | None = None) -> int:

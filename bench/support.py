@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import redis as sync_redis
 
-from bidengine.embedded import free_port
+from bidengine.embedded import embedded_postgres, free_port
 from schema.database import apply_migrations
 
 
@@ -58,6 +58,17 @@ def private_redis(timeout_s: float = 10.0) -> Iterator[str]:
         process.terminate()
         process.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """DATABASE_URL's server when set, else an embedded PostgreSQL for the run; yields its URL."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+    else:
+        with embedded_postgres() as embedded:
+            yield embedded
 
 
 @contextlib.contextmanager
