@@ -16,8 +16,15 @@ and `EdgeServer` add, per connection:
 * **half-close**: a client that shuts down its sending side still gets the answers to the complete requests
   it sent (RFC 9112 9.6 lets a half-closed client read); a body cut short by the EOF is a `400`; the last
   answer carries `Connection: close` and the connection is closed after it;
-* a **connection cap**: past `MAX_CONNECTIONS`, a new connection is answered `503` and closed at once, so
-  memory is bounded by the cap times what one connection may hold (headers, a 16 KiB body, buffers);
+* a **lingering close** (RFC 9112 9.6): a connection the gateway closes first (after a `408`, a `431`, a
+  `400`, an idle timeout) is half-closed after its last answer, and what the client still sends is read
+  and discarded until the client closes too, or for at most `LINGERING_CLOSE_S`. Closing a socket whose
+  peer is still sending makes the kernel answer the next segment with a reset, and a client that gets the
+  reset before it has read the answer loses the answer (asyncio's `StreamReader` does; so does any client
+  that reads after it writes);
+* a **connection cap**: past `MAX_CONNECTIONS`, a new connection is answered `503` and closed at once (no
+  lingering: a refused connection must cost nothing), so memory is bounded by the cap times what one
+  connection may hold (headers, a 16 KiB body, buffers); lingering connections count against the cap;
 * **JSON errors**: what aiohttp's parser refuses (malformed request line or headers, a bad
   Content-Length, Content-Length with Transfer-Encoding, a line over 8190 bytes) is answered
   `400 {"errors": ["Bad request: ..."]}` and the connection closed; the `HTTPException`s of aiohttp's
@@ -61,6 +68,7 @@ class EdgeLimits:
     header_timeout_s: float
     body_timeout_s: float
     keepalive_timeout_s: float
+    lingering_close_s: float
     max_header_bytes: int
     max_connections: int
     retry_after_s: int
@@ -71,6 +79,7 @@ class EdgeLimits:
             header_timeout_s=settings.header_timeout_s,
             body_timeout_s=settings.body_timeout_s,
             keepalive_timeout_s=settings.keepalive_timeout_s,
+            lingering_close_s=settings.lingering_close_s,
             max_header_bytes=settings.max_header_bytes,
             max_connections=settings.max_connections,
             retry_after_s=settings.retry_after_s,
@@ -93,6 +102,8 @@ class EdgeProtocol(RequestHandler):
         "_header_bytes",
         "_header_since",
         "_limits",
+        "_lingering",
+        "_lingering_since",
         "_metrics",
     )
 
@@ -118,6 +129,8 @@ class EdgeProtocol(RequestHandler):
         self._body_since = 0.0
         self._answered: StreamReader | None = None  # the body of the request answered last
         self._eof = False  # the client shut down its sending side
+        self._lingering: asyncio.Transport | None = None  # half-closed by us, drained until the client closes
+        self._lingering_since = 0.0
 
     # --- connection events ---------------------------------------------------------------------------
 
@@ -183,8 +196,38 @@ class EdgeProtocol(RequestHandler):
         return True  # keep our sending side open for the answers; the last one closes the connection
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._lingering = None
+        self.transport = None  # gone: aiohttp's close on the way out must not linger on it
         super().connection_lost(exc)
         self._body = self._answered = None
+
+    def force_close(self) -> None:
+        """aiohttp's close of this connection (every path: errors, deadlines, idle, shutdown) as a lingering close.
+
+        The answers written so far go out, then our FIN (`write_eof`); the transport keeps reading, and aiohttp
+        discards what it reads once `_force_close` is set. The client's own FIN ends it (`eof_received`), or
+        the sweep does after LINGERING_CLOSE_S."""
+        transport = self.transport
+        # A client that has shut down its sending side sends nothing that could be answered with a reset.
+        if transport is None or self._eof or self._limits.lingering_close_s <= 0 or transport.is_closing():
+            _base_force_close(self)
+            return
+        self.transport = None  # aiohttp's own close finds nothing to close
+        _base_force_close(self)
+        try:
+            transport.write_eof()
+            if not transport.is_reading():  # paused by aiohttp's flow control: drain it anyway
+                transport.resume_reading()
+        except (OSError, RuntimeError):  # the socket is already gone, or cannot half-close
+            transport.close()
+            return
+        self._lingering = transport
+        self._lingering_since = self._loop.time()
+
+    def stop_lingering(self) -> None:
+        lingering, self._lingering = self._lingering, None
+        if lingering is not None:
+            lingering.close()
 
     # --- answers -------------------------------------------------------------------------------------
 
@@ -194,7 +237,18 @@ class EdgeProtocol(RequestHandler):
         self._answered = request._payload
         if self._eof or not self._lingering_time or isinstance(resp, HTTPException):
             resp = self._last_or_json(request, resp)
+        if resp.keep_alive is False:  # forced: an error, or the last answer of a half-closed connection
+            return self._finish_then_close(request, resp, start_time)
         return _base_finish_response(self, request, resp, start_time)
+
+    async def _finish_then_close(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """The last answer, then our lingering close (aiohttp would close the socket itself, at once)."""
+        try:
+            return await _base_finish_response(self, request, resp, start_time)
+        finally:
+            self.force_close()
 
     def _last_or_json(self, request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamResponse:
         if isinstance(resp, HTTPException) and resp.status >= 400:
@@ -236,6 +290,10 @@ class EdgeProtocol(RequestHandler):
     # --- deadlines (called by the server's sweep) ----------------------------------------------------
 
     def check_deadlines(self, now: float) -> None:
+        if self._force_close:
+            if self._lingering is not None and now - self._lingering_since >= self._limits.lingering_close_s:
+                self.stop_lingering()
+            return
         body = self._body
         if body is not None:
             if body.is_eof() or body.exception() is not None:
@@ -312,6 +370,7 @@ class EdgeProtocol(RequestHandler):
 
 
 _base_data_received = RequestHandler.data_received
+_base_force_close = RequestHandler.force_close
 _base_finish_response = RequestHandler.finish_response
 
 
@@ -346,11 +405,15 @@ class EdgeServer(web.Server):
                 self._sweeper = self._loop.call_later(self.limits.sweep_interval_s, self._sweep)
 
     async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - aiohttp's signature
+        connections = list(self._connections)  # aiohttp forgets them; the lingering ones must still be closed
         try:
             await super().shutdown(timeout)
         finally:
             self._closed = True
             self._sweeper.cancel()
+            for protocol in connections:
+                if isinstance(protocol, EdgeProtocol):
+                    protocol.stop_lingering()
 
 
 class EdgeRunner(web.AppRunner):

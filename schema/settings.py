@@ -51,10 +51,13 @@ class Settings:
     # The HTTP edge (ingest/edge.py): read deadlines and connection bounds, so that no client can hold the
     # gateway's memory or a connection for long. A request's headers must arrive within HEADER_TIMEOUT_S
     # of its first byte, its body within BODY_TIMEOUT_S of the end of its headers (then 408 and close);
-    # an idle keep-alive connection is closed after KEEPALIVE_TIMEOUT_S.
+    # an idle keep-alive connection is closed after KEEPALIVE_TIMEOUT_S. A connection the gateway closes
+    # first (after an error, a deadline, an idle timeout) is half-closed and drained for up to
+    # LINGERING_CLOSE_S before the socket is closed, so the client reads the last answer, not a reset.
     header_timeout_s: float = 10.0
     body_timeout_s: float = 10.0
     keepalive_timeout_s: float = 75.0
+    lingering_close_s: float = 2.0
     max_header_bytes: int = 32 * 1024
     max_connections: int = 2048
 

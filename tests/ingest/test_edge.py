@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 import time
 import zlib
 from collections.abc import Callable
@@ -21,10 +22,11 @@ from tests.ingest.conftest import (
     BODY_TIMEOUT_S,
     HEADER_TIMEOUT_S,
     KEEPALIVE_TIMEOUT_S,
+    LINGERING_CLOSE_S,
     MAX_HEADER_BYTES,
     Edge,
 )
-from tests.ingest.raw import BID, Connection, bid_body, chunked_head, exchange, get, post, request_once
+from tests.ingest.raw import BID, Connection, bid_body, chunked_head, exchange, get, parse_responses, post, request_once
 
 MAX_BODY_BYTES = 16 * 1024
 LATE_S = 15.0  # how late past a deadline an answer may come on a loaded machine
@@ -241,6 +243,72 @@ async def test_200_slow_header_connections_are_answered_408_and_closed(edge: Edg
     edge.assert_nothing_stored(before)
     # The gateway still serves.
     assert exchange(edge.address, [post(BID, "Connection: close")]).final.status == 200
+
+
+# --- closing while the client still sends ------------------------------------------------------------------
+
+
+def send_past_the_answer(address: tuple[str, int], first: bytes, more: bytes, timeout_s: float) -> tuple[bytes, str]:
+    """Send `first`; once the answer has arrived (unread), send `more` a byte at a time; then read to the end.
+
+    (everything read, how it ended: "eof" or the error). A server that closes its socket at once answers the
+    first byte after its close with a reset, and the reset makes the second send fail and can destroy the
+    unread answer; a lingering close reads and discards those bytes and ends with a FIN."""
+    with socket.create_connection(address, timeout=timeout_s) as sock:
+        sock.sendall(first)
+        sock.recv(1, socket.MSG_PEEK)  # the answer is here, unread
+        for index in range(len(more)):
+            sock.sendall(more[index : index + 1])
+            time.sleep(0.005)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except OSError as exc:
+            return received, repr(exc)
+        return received, "eof"
+
+
+@pytest.mark.parametrize(
+    ("first", "more", "status"),
+    [
+        (b"POST /api/bid/ HTTP/1.1\r\nHost: x\r\nX-Pad: ", b"a" * 40, 408),  # headers too slow
+        (
+            get("/health", *(f"X-Pad-{i}: {'a' * 4000}" for i in range(MAX_HEADER_BYTES // 4000 + 1)))[:-2],
+            b"X: 1\r\n" * 8,
+            431,
+        ),
+        (b"BROKEN\r\n\r\n", b"GET /health HTTP/1.1\r\n" * 2, 400),  # a malformed request, more pipelined
+        (post(b'{"product_id": 1', length=200), b" " * 40, 408),  # a body too slow
+    ],
+    ids=["header-deadline", "header-size", "malformed", "body-deadline"],
+)
+def test_a_client_still_sending_when_the_gateway_closes_reads_the_answer_and_a_clean_end(
+    edge: Edge, first: bytes, more: bytes, status: int
+) -> None:
+    before = edge.snapshot()
+    received, ending = send_past_the_answer(edge.address, first, more, timeout_s=HEADER_TIMEOUT_S + LATE_S)
+    assert ending == "eof", (ending, received)
+    [response] = parse_responses(received)
+    assert response.status == status, response
+    edge.assert_nothing_stored(before)
+
+
+def test_a_lingering_connection_is_closed_after_lingering_close_s(edge: Edge) -> None:
+    """A client that keeps sending after the answer and never closes is cut off LINGERING_CLOSE_S later."""
+    with socket.create_connection(edge.address, timeout=LATE_S) as sock:
+        sock.sendall(b"POST /api/bid/ HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        sock.recv(1, socket.MSG_PEEK)
+        answered = time.monotonic()
+        cut_off = None
+        while cut_off is None and time.monotonic() - answered < LINGERING_CLOSE_S + LATE_S:
+            try:
+                sock.sendall(b"a")
+            except (BrokenPipeError, ConnectionResetError):  # the server's close reset the connection
+                cut_off = time.monotonic() - answered
+            time.sleep(0.05)
+        assert cut_off is not None
+        assert cut_off >= LINGERING_CLOSE_S - EARLY_S
 
 
 def test_stalled_headers_are_a_408(edge: Edge) -> None:
