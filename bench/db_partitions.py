@@ -147,6 +147,8 @@ def audit(url: str, redis_url: str) -> tuple[float, int, int]:
 
 async def query_rounds(ns: argparse.Namespace) -> None:
     designs = {"legacy": ns.legacy_url, "partitioned": ns.partitioned_url}
+    if ns.larger_url:
+        designs["larger"] = ns.larger_url
     for design, url in designs.items():
         print(f"{design}: {await sizes(url)}")
     results: dict[tuple[str, str], Series] = {}
@@ -164,6 +166,11 @@ async def query_rounds(ns: argparse.Namespace) -> None:
         print(f"{'':14} planning: legacy {fmt(legacy.planning_ms)}  partitioned {fmt(part.planning_ms)}")
         print(f"{'':14} legacy plan: {legacy.plan}")
         print(f"{'':14} partitioned plan: {part.plan}")
+        if ns.larger_url:
+            larger = results[("larger", name)]
+            growth = statistics.median(larger.times_ms) / statistics.median(part.times_ms)
+            print(f"{'':14} larger {fmt(larger.times_ms)}  ratio to partitioned {growth:.2f}x")
+            print(f"{'':14} planning: larger {fmt(larger.planning_ms)}; plan: {larger.plan}")
     if ns.audit:
         with private_redis() as redis_url:
             for round_no in range(ns.rounds):
@@ -220,6 +227,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--legacy-url")
     parser.add_argument("--partitioned-url")
+    parser.add_argument(
+        "--larger-url", help="a larger database in the partitioned layout (50M rows): its ratio to --partitioned-url"
+    )
     parser.add_argument("--queries", default="problem,problem-bound,summary,flagged")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)

@@ -20,7 +20,7 @@ import asyncpg
 
 from legacy import calculate_adjusted_cpc
 from processors.bid_maintenance import MaintenanceReport, ensure_partitions, maintain
-from schema.database import BIDS_TABLE
+from schema.database import BIDS_TABLE, REQUEST_LEDGER
 from schema.settings import Settings
 
 DEFAULT_ROWS = 1_000_000
@@ -150,7 +150,7 @@ async def seed(
             # The COPY's statement trigger recorded the request ids in the ledger; closed days are reordered.
             await maintain(conn, Settings(bids_maintenance_lock_timeout_ms=1000), now=lambda: until)
         if analyze:
-            await conn.execute(f"ANALYZE {BIDS_TABLE}")
+            await conn.execute(f"ANALYZE {BIDS_TABLE}" + (f", {REQUEST_LEDGER}" if partitioned else ""))
     finally:
         await conn.close()
 

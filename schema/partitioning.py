@@ -236,7 +236,7 @@ def convert_to_partitioned(
             attempts=swap_attempts,
             pause_s=0.05,
         )
-        conn.execute(f"ANALYZE {BIDS_TABLE}")
+        conn.execute(f"ANALYZE {BIDS_TABLE}, {REQUEST_LEDGER}")
         _drop_leftovers(conn, lock_timeout_ms=lock_timeout_ms, attempts=swap_attempts)
     report = ConversionReport(copied, len(days), time.monotonic() - started, attempts)
     log.info(

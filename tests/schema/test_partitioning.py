@@ -129,3 +129,41 @@ async def test_any_writer_keeps_request_ids_unique_through_the_ledger(db: asyncp
     with pytest.raises(asyncpg.UniqueViolationError):
         await db.fetchval(insert, request_id)
     assert await db.fetchval(f"SELECT count(*) FROM {BIDS_TABLE} WHERE request_id = $1", request_id) == 1
+
+
+LEDGER_SEQ_SCANS_SQL = f"""
+SELECT seq_scan FROM pg_stat_user_tables WHERE relid = '{REQUEST_LEDGER}'::regclass
+"""
+
+
+async def ledger_seq_scans(conn: asyncpg.Connection) -> int:
+    await conn.execute("SELECT pg_stat_force_next_flush()")  # this session's counts, reported now
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return int(await conn.fetchval(LEDGER_SEQ_SCANS_SQL))
+
+
+async def test_the_ledger_check_of_each_stored_batch_never_scans_the_ledger(database_url: str) -> None:
+    """The ledger trigger's check is index probes, whatever the ledger's statistics say when it is planned.
+
+    Planned from a new database's statistics (the ledger "small", never analysed), the check used to hash the
+    whole ledger for every statement: a scan of every request id ever stored, per batch of bids."""
+    with scratch_database(database_url, "bidengine_ledger_plan") as url:
+        conn = await asyncpg.connect(url)
+        try:
+            insert = (
+                f"INSERT INTO {BIDS_TABLE} (request_id, product_id, current_cpc, target_roas, adjusted_cpc)"
+                " SELECT gen_random_uuid(), g, 1.00, 100, 1.00 FROM generate_series(1, 100) g"
+            )
+            await conn.execute(insert)  # the session's first statement of bids: its trigger's check is planned now
+            # The ledger grows (request ids of other writers, or a conversion's copy); no ANALYZE since.
+            await conn.execute(
+                f"INSERT INTO {REQUEST_LEDGER} (request_id, bid_id, calculated_at)"
+                " SELECT gen_random_uuid(), -g, now() FROM generate_series(1, 20000) g"
+            )
+            before = await ledger_seq_scans(conn)
+            for _ in range(3):
+                await conn.execute(insert)  # 100 bids a statement: the trigger checks them against the ledger
+            assert await ledger_seq_scans(conn) == before
+            assert await conn.fetchval(f"SELECT count(*) FROM {REQUEST_LEDGER} WHERE bid_id > 0") == 400
+        finally:
+            await conn.close()

@@ -1,0 +1,1 @@
+ALTER FUNCTION bidding_request_ledger_record() RESET ALL;
