@@ -7,7 +7,11 @@ the daily audit's summary and flagged queries. Each: one warm-up, then the media
 and with `--audit` the daily audit end to end (`bidengine audit-report`: wall time and peak RSS).
 
     .venv/bin/python -m bench.db_partitions --legacy-url postgresql://.../bidengine_db10 \\
-        --partitioned-url postgresql://.../bidengine_db10p --rounds 3 --audit
+        --partitioned-url postgresql://.../bidengine_db10p [--larger-url postgresql://.../bidengine_db50p] \\
+        --rounds 3 --audit
+
+`--larger-url`: a larger database in the partitioned layout (50M rows over 450 days), measured in the same
+rounds; its ratio to `--partitioned-url` says whether a query's cost follows the window or the table.
 
 `--insert N`: the pricing agent's store statement, batches of 1,000 (the real SQL of each layout), N batches
 per design in alternating rounds of 10, on two fresh databases; time per batch and the server backend's CPU
@@ -32,7 +36,7 @@ import asyncpg
 
 from bench.legacy_layout import LEGACY_STORE_BATCH_SQL, legacy_database
 from bench.support import fresh_database, private_redis, process_cpu_seconds
-from processors.audit_report import FLAGGED_LINES_SQL, SUMMARY_SQL
+from processors.audit_report import FLAGGED_LINES_SQL, REPORT_PARALLEL_SETUP_COST, REPORT_WORK_MEM, SUMMARY_SQL
 from processors.pricing import STORE_BATCH_SQL
 from schema.database import BIDS_TABLE, REQUEST_LEDGER
 from schema.idempotency import request_fingerprint
@@ -45,7 +49,6 @@ QUERIES = {
     "summary": SUMMARY_SQL,
     "flagged": FLAGGED_LINES_SQL,
 }
-AUDIT_WORK_MEM = "64MB"  # what the daily audit sets for its own transaction
 
 
 @dataclass
@@ -90,8 +93,9 @@ async def measure(url: str, name: str, runs: int, series: Series) -> None:
     conn = await asyncpg.connect(url)
     try:
         async with conn.transaction():
-            if name in ("summary", "flagged"):
-                await conn.execute(f"SET LOCAL work_mem = '{AUDIT_WORK_MEM}'")
+            if name in ("summary", "flagged"):  # as the daily audit sets them for its own transaction
+                await conn.execute(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'")
+                await conn.execute(f"SET LOCAL parallel_setup_cost = {REPORT_PARALLEL_SETUP_COST}")
             await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             await explain(conn, name)  # warm-up
             times, planning = [], []
