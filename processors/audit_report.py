@@ -6,7 +6,8 @@ and the same `now()`. Memory stays flat however large the window is: counts and 
 PostgreSQL, and the flagged lines are formatted by PostgreSQL and streamed with `COPY ... TO STDOUT`, each
 chunk written as it arrives (the client awaits each write, so a slow reader holds the server back through
 the socket instead of filling memory). COPY sends the lines as they are, with no per-row record for the
-client to decode: ~20% less wall time than a server-side cursor of one text column at 10M rows.
+client to decode: the flagged lines take ~20% less time than through a server-side cursor of one text
+column (10M rows, 139k lines).
 """
 
 from __future__ import annotations
