@@ -12,16 +12,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import redis as sync_redis
 
 from bidengine.embedded import embedded_postgres, free_port
-from schema.database import apply_migrations
+from tests.support import scratch_database
 
 
 def redis_server_binary() -> str:
@@ -71,20 +68,12 @@ def postgres_server() -> Iterator[str]:
             yield embedded
 
 
-@contextlib.contextmanager
-def fresh_database(server_url: str, *, prefix: str = "bidengine_bench", up_to: str | None = None) -> Iterator[str]:
+def fresh_database(
+    server_url: str, *, prefix: str = "bidengine_bench", up_to: str | None = None
+) -> contextlib.AbstractContextManager[str]:
     """A uniquely named database with the migrations applied (all, or up to `up_to`), dropped afterwards;
-    yields its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    try:
-        apply_migrations(url, up_to=up_to)
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yields its URL (the tests' scratch database, under a benchmark's name)."""
+    return scratch_database(server_url, prefix, up_to=up_to)
 
 
 def process_cpu_seconds(pid: int) -> float:
